@@ -1,0 +1,127 @@
+"""Gateway settings, read from GATEWAY_* environment variables and `.env`."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from functools import cached_property
+from typing import Annotated, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "dev", "development"})
+DEV_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
+DEV_AUTH_TOKEN = "development-only-auth-token"
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class MessengerKind(StrEnum):
+    twilio = "twilio"
+    outbox = "outbox"
+
+
+class UnsafeSettingsError(ValueError):
+    """Raised when production settings would be unsafe."""
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    environment: Environment = Environment.development
+    database_url: str = "sqlite+aiosqlite:///./eirc-gateway.db"
+    redis_url: str = "memory://"
+    public_base_url: str = "http://127.0.0.1:8000"
+    workers: Annotated[int, Field(ge=1)] = 1
+
+    twilio_account_sid: str = "AC00000000000000000000000000000000"
+    twilio_auth_token: SecretStr = SecretStr(DEV_AUTH_TOKEN)
+    twilio_api_url: str | None = None
+    twilio_timeout_seconds: float = 10.0
+    messenger: MessengerKind = MessengerKind.outbox
+    # Only an explicit development flag turns the X-Twilio-Signature check off (§6.1).
+    dev_disable_signature_check: bool = False
+
+    hotline_number: str = "+78005550100"
+    sms_number: str = "+78005550101"
+    operator_number: str = "+78005550199"
+    default_region: str = "RU"
+    allowed_countries: list[str] = ["RU"]
+
+    secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+
+    account_number_pattern: str = r"^\d{6,12}$"
+    account_number_max_length: Annotated[int, Field(ge=1, le=32)] = 12
+
+    code_ttl_seconds: Annotated[int, Field(ge=30, le=600)] = 600
+    code_max_wrong: Annotated[int, Field(ge=1, le=5)] = 5
+    code_resend_cooldown_seconds: Annotated[int, Field(ge=0)] = 30
+    call_state_ttl_seconds: Annotated[int, Field(ge=60)] = 3600
+
+    temp_password_length: Annotated[int, Field(ge=8, le=64)] = 10
+    temp_password_alphabet: str = "abcdefghjkmnpqrstuvwxyz23456789"
+    temp_password_ttl_hours: Annotated[int, Field(ge=1, le=168)] = 24
+
+    menu_max_tries: Annotated[int, Field(ge=1, le=5)] = 3
+    failed_verifications_per_day: Annotated[int, Field(ge=1)] = 10
+    voice_ru: str = "Polly.Tatyana"
+    voice_en: str = "Polly.Joanna"
+    gather_timeout_seconds: Annotated[int, Field(ge=3, le=30)] = 7
+
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    @cached_property
+    def account_number_regex(self) -> re.Pattern[str]:
+        """The compiled account number pattern."""
+        return re.compile(self.account_number_pattern)
+
+    @property
+    def signature_check_enabled(self) -> bool:
+        """Whether webhooks must carry a valid X-Twilio-Signature."""
+        return not self.dev_disable_signature_check
+
+    @property
+    def uses_memory_redis(self) -> bool:
+        """Whether Redis is the in-process stand-in."""
+        return self.redis_url.startswith("memory://")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Self:
+        if self.uses_memory_redis and self.workers > 1:
+            raise UnsafeSettingsError(
+                "GATEWAY_REDIS_URL=memory:// keeps state inside one process; "
+                "set a real Redis URL to run more than one worker."
+            )
+        if len(set(self.temp_password_alphabet)) < 16:
+            raise UnsafeSettingsError("GATEWAY_TEMP_PASSWORD_ALPHABET needs at least 16 characters.")
+        if self.environment is Environment.production:
+            self._refuse_unsafe_production()
+        return self
+
+    def _refuse_unsafe_production(self) -> None:
+        problems: list[str] = []
+        token = self.twilio_auth_token.get_secret_value()
+        if token.lower() in PLACEHOLDER_SECRETS or token == DEV_AUTH_TOKEN:
+            problems.append("GATEWAY_TWILIO_AUTH_TOKEN is a placeholder")
+        key = self.secret_key.get_secret_value()
+        if key.lower() in PLACEHOLDER_SECRETS or key == DEV_SECRET_KEY or len(key) < 32:
+            problems.append("GATEWAY_SECRET_KEY must be a random value of at least 32 characters")
+        if self.dev_disable_signature_check:
+            problems.append("GATEWAY_DEV_DISABLE_SIGNATURE_CHECK is on")
+        if self.uses_memory_redis:
+            problems.append("GATEWAY_REDIS_URL=memory:// is for the demo only")
+        if not self.public_base_url.startswith("https://"):
+            problems.append("GATEWAY_PUBLIC_BASE_URL must be the https:// address Twilio calls")
+        if problems:
+            raise UnsafeSettingsError(
+                "Refusing to start in production: " + "; ".join(problems) + "."
+            )

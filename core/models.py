@@ -1,0 +1,130 @@
+"""The gateway's tables as typed SQLAlchemy mappings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Enum, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from core.db import Base, utcnow
+
+
+class LineType(StrEnum):
+    mobile = "mobile"
+    fixed = "fixed"
+    unknown = "unknown"
+
+
+class OutboundChannel(StrEnum):
+    sms = "sms"
+    call = "call"
+
+
+def _enum(enum_type: type[StrEnum], name: str) -> Enum:
+    return Enum(enum_type, name=name, native_enum=False, length=16)
+
+
+class Account(Base):
+    """A personal account ("лицевой счёт") and the resident's cabinet login."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_number: Mapped[str] = mapped_column(String(32), unique=True)
+    login: Mapped[str] = mapped_column(String(128))
+    full_name: Mapped[str] = mapped_column(String(256), default="")
+    email: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    phones: Mapped[list[AccountPhone]] = relationship(
+        back_populates="account",
+        cascade="all, delete-orphan",
+        order_by="AccountPhone.position",
+        lazy="selectin",
+    )
+    credential: Mapped[Credential | None] = relationship(
+        back_populates="account", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    def __repr__(self) -> str:
+        return f"Account(id={self.id})"
+
+
+class AccountPhone(Base):
+    """A phone on file for an account, normalised to E.164."""
+
+    __tablename__ = "account_phones"
+    __table_args__ = (UniqueConstraint("account_id", "e164"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    e164: Mapped[str] = mapped_column(String(20), index=True)
+    line_type: Mapped[LineType] = mapped_column(_enum(LineType, "line_type"))
+    position: Mapped[int] = mapped_column(default=0)
+
+    account: Mapped[Account] = relationship(back_populates="phones")
+
+    def __repr__(self) -> str:
+        return f"AccountPhone(id={self.id}, line_type={self.line_type})"
+
+
+class Credential(Base):
+    """The cabinet password of an account: only ever an Argon2id hash."""
+
+    __tablename__ = "credentials"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    password_hash: Mapped[str] = mapped_column(String(256))
+    is_temporary: Mapped[bool] = mapped_column(default=False)
+    expires_at: Mapped[datetime | None] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column()
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    account: Mapped[Account] = relationship(back_populates="credential")
+
+    def __repr__(self) -> str:
+        return f"Credential(account_id={self.account_id}, is_temporary={self.is_temporary})"
+
+
+class OutboxMessage(Base):
+    """An outbound SMS or call, kept in the database instead of being sent (or as its record)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[OutboundChannel] = mapped_column(_enum(OutboundChannel, "outbound_channel"))
+    to_number: Mapped[str] = mapped_column(String(20), index=True)
+    from_number: Mapped[str] = mapped_column(String(20))
+    body: Mapped[str] = mapped_column(Text, default="")
+    url: Mapped[str | None] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    provider_sid: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        # The body can carry a code or a password: never part of the repr.
+        return f"OutboxMessage(id={self.id}, channel={self.channel}, purpose={self.purpose})"
+
+
+class AuditEvent(Base):
+    """One recovery step, with masked or keyed-hashed references only."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    event: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(16))
+    session_ref: Mapped[str] = mapped_column(String(64), default="")
+    account_ref: Mapped[str | None] = mapped_column(String(64), index=True)
+    account_masked: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+
+    def __repr__(self) -> str:
+        return f"AuditEvent(id={self.id}, event={self.event})"
