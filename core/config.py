@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     call_state_ttl_seconds: Annotated[int, Field(ge=60)] = 3600
 
     temp_password_length: Annotated[int, Field(ge=8, le=64)] = 10
-    temp_password_alphabet: str = "abcdefghjkmnpqrstuvwxyz23456789"
+    # Lowercase Latin letters and digits without look-alikes (i l o 0 1) or letters that are
+    # hard to dictate in Russian (j q w x y).
+    temp_password_alphabet: str = "abcdefghkmnprstuvz23456789"
     temp_password_ttl_hours: Annotated[int, Field(ge=1, le=168)] = 24
 
     menu_max_tries: Annotated[int, Field(ge=1, le=5)] = 3
@@ -102,7 +104,9 @@ class Settings(BaseSettings):
                 "set a real Redis URL to run more than one worker."
             )
         if len(set(self.temp_password_alphabet)) < 16:
-            raise UnsafeSettingsError("GATEWAY_TEMP_PASSWORD_ALPHABET needs at least 16 characters.")
+            raise UnsafeSettingsError(
+                "GATEWAY_TEMP_PASSWORD_ALPHABET needs at least 16 characters."
+            )
         if self.environment is Environment.production:
             self._refuse_unsafe_production()
         return self

@@ -46,7 +46,7 @@ class Base(DeclarativeBase):
     """Declarative base for every table of the gateway."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UtcDateTime}
+    type_annotation_map = {datetime: UtcDateTime}  # noqa: RUF012 - SQLAlchemy reads it as is
 
 
 def utcnow() -> datetime:

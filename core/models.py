@@ -20,6 +20,7 @@ class LineType(StrEnum):
 class OutboundChannel(StrEnum):
     sms = "sms"
     call = "call"
+    email = "email"
 
 
 def _enum(enum_type: type[StrEnum], name: str) -> Enum:
@@ -98,8 +99,8 @@ class OutboxMessage(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     channel: Mapped[OutboundChannel] = mapped_column(_enum(OutboundChannel, "outbound_channel"))
-    to_number: Mapped[str] = mapped_column(String(20), index=True)
-    from_number: Mapped[str] = mapped_column(String(20))
+    to_number: Mapped[str] = mapped_column(String(256), index=True)
+    from_number: Mapped[str] = mapped_column(String(32))
     body: Mapped[str] = mapped_column(Text, default="")
     url: Mapped[str | None] = mapped_column(Text)
     purpose: Mapped[str] = mapped_column(String(32))

@@ -12,4 +12,6 @@ def create_redis(url: str) -> Redis:
 
         client: Redis = fakeredis.FakeAsyncRedis(decode_responses=True)
         return client
-    return Redis.from_url(url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0)
+    return Redis.from_url(
+        url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
+    )

@@ -1,0 +1,100 @@
+"""The prompt catalogue: every caller-facing sentence, by key and language."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator, Mapping
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+from typing import cast
+
+HERE = Path(__file__).resolve().parent
+
+
+class Language(StrEnum):
+    ru = "ru"
+    en = "en"
+
+    @property
+    def tts(self) -> str:
+        """The BCP-47 tag for TTS and speech recognition."""
+        return {"ru": "ru-RU", "en": "en-US"}[self.value]
+
+
+DEFAULT_LANGUAGE = Language.ru
+
+Table = Mapping[str, object]
+
+
+class Catalogue:
+    """Sentences by dotted key ("voice.main_menu") for each language."""
+
+    def __init__(self, tables: Mapping[Language, Table]) -> None:
+        self._tables = tables
+
+    def text(self, key: str, language: Language, /, **params: object) -> str:
+        """The sentence for a key, with its placeholders filled."""
+        template = self._lookup(key, language)
+        if not isinstance(template, str):
+            raise KeyError(key)
+        return template.format(**params) if params else template
+
+    def keys(self, language: Language) -> Iterator[str]:
+        """Every sentence key of a language, sections included, spelling excluded."""
+        for section, table in self._tables[language].items():
+            if section == "spelling" or not isinstance(table, dict):
+                continue
+            for key, value in table.items():
+                if isinstance(value, str):
+                    yield f"{section}.{key}"
+
+    def digits(self, digits: str, language: Language) -> str:
+        """Digits as separate words, so TTS reads them one by one: "один, два, три"."""
+        names = cast(list[str], self._lookup("spelling.digits", language))
+        return self._separator(language).join(names[int(d)] for d in digits if d.isdigit())
+
+    def spell(self, characters: str, language: Language) -> str:
+        """Characters one by one, letters with a word that starts with them."""
+        spelling = cast(dict[str, object], self._tables[language]["spelling"])
+        letters = cast(dict[str, list[str]], spelling["letters"])
+        template = cast(str, spelling["letter"])
+        digit_names = cast(list[str], spelling["digits"])
+        symbols = cast(dict[str, str], spelling["symbols"])
+        parts: list[str] = []
+        for char in characters:
+            if char.isdigit():
+                parts.append(digit_names[int(char)])
+            elif char.lower() in letters:
+                name, word = letters[char.lower()]
+                parts.append(template.format(name=name, word=word))
+            else:
+                parts.append(symbols.get(char, char))
+        # A full stop after each character gives TTS a pause; capitals read better after it.
+        return ". ".join(part[:1].upper() + part[1:] for part in parts)
+
+    def group_number(self, index: int, language: Language) -> str:
+        """The spoken ordinal of a password group (0-based index)."""
+        names = cast(list[str], self._lookup("spelling.group_numbers", language))
+        return names[index] if index < len(names) else str(index + 1)
+
+    def _separator(self, language: Language) -> str:
+        return cast(str, self._lookup("spelling.separator", language))
+
+    def _lookup(self, key: str, language: Language) -> object:
+        node: object = self._tables[language]
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise KeyError(f"{key} ({language})")
+            node = node[part]
+        return node
+
+
+@cache
+def load_catalogue(directory: Path = HERE) -> Catalogue:
+    """Read every language's TOML file once."""
+    tables: dict[Language, Table] = {}
+    for language in Language:
+        with (directory / f"{language.value}.toml").open("rb") as handle:
+            tables[language] = tomllib.load(handle)
+    return Catalogue(tables)

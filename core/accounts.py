@@ -1,0 +1,273 @@
+"""The accounts directory port (§5) and its implementation over the gateway's own tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import lazyload
+
+from core.config import Settings
+from core.db import utcnow
+from core.models import Account, AccountPhone, Credential, LineType
+from core.passwords import (
+    generate_temporary_password,
+    hash_password,
+    verify_hash,
+    verify_nothing,
+)
+from core.phones import Phone, mask_account, region_of
+
+MIN_PASSWORD_LENGTH = 8
+# Argon2 takes any length; the cap only keeps a hostile caller from making us hash megabytes.
+MAX_PASSWORD_LENGTH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """What the recovery flow may know about an account."""
+
+    account_number: str
+    login: str
+    full_name: str
+    email: str | None
+    phones: tuple[Phone, ...]
+
+    @property
+    def mobiles(self) -> tuple[Phone, ...]:
+        """The mobile phones on file, in file order."""
+        return tuple(phone for phone in self.phones if phone.line_type is LineType.mobile)
+
+    @property
+    def first_mobile(self) -> Phone | None:
+        """The first mobile phone on file, if any."""
+        mobiles = self.mobiles
+        return mobiles[0] if mobiles else None
+
+    def __repr__(self) -> str:
+        # Personal data stay out of logs: masked number, masked phones, nothing else.
+        return f"AccountRecord({mask_account(self.account_number)}, phones={self.phones!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordCheck:
+    """The directory's answer to a password."""
+
+    accepted: bool
+    change_required: bool
+
+
+REFUSED = PasswordCheck(accepted=False, change_required=False)
+
+
+class UnknownAccount(LookupError):
+    """No account has this number."""
+
+    def __init__(self, account_number: str) -> None:
+        super().__init__(f"no account {mask_account(account_number)}")
+
+
+class ChangeRefusal(StrEnum):
+    current_not_accepted = "current_not_accepted"
+    same_as_current = "same_as_current"
+    too_short = "too_short"
+    too_long = "too_long"
+
+
+_REFUSAL_TEXT = {
+    ChangeRefusal.current_not_accepted: "the current password was not accepted",
+    ChangeRefusal.same_as_current: "the new password must differ from the current one",
+    ChangeRefusal.too_short: f"the new password needs at least {MIN_PASSWORD_LENGTH} characters",
+    ChangeRefusal.too_long: f"the new password may have at most {MAX_PASSWORD_LENGTH} characters",
+}
+
+
+class PasswordChangeRefused(ValueError):
+    """The password change was refused; `reason` says why."""
+
+    def __init__(self, reason: ChangeRefusal) -> None:
+        super().__init__(_REFUSAL_TEXT[reason])
+        self.reason = reason
+
+
+class AccountDirectory(Protocol):
+    """Where accounts and their cabinet passwords live (§5)."""
+
+    async def lookup(self, account_number: str) -> AccountRecord | None:
+        """The account with this number, or None."""
+        ...
+
+    async def issue_temporary_password(self, account_number: str) -> str:
+        """Replace the account's password with a new temporary one and return it, once."""
+        ...
+
+    async def verify_password(self, account_number: str, password: str) -> PasswordCheck:
+        """Whether the password opens the account, and whether it must be changed."""
+        ...
+
+    async def change_password(
+        self, account_number: str, current_password: str, new_password: str
+    ) -> None:
+        """Set a new long-term password; raises PasswordChangeRefused."""
+        ...
+
+
+class SqlAccountDirectory:
+    """The accounts directory over the gateway's tables; the caller owns the transaction."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._session = session
+        self._settings = settings
+        self._clock = clock
+
+    async def lookup(self, account_number: str) -> AccountRecord | None:
+        """The account with this number, or None; one query either way (§6.2)."""
+        stmt = (
+            select(
+                Account.account_number,
+                Account.login,
+                Account.full_name,
+                Account.email,
+                AccountPhone.e164,
+                AccountPhone.line_type,
+            )
+            .outerjoin(AccountPhone, AccountPhone.account_id == Account.id)
+            .where(Account.account_number == account_number.strip())
+            .order_by(AccountPhone.position, AccountPhone.id)
+        )
+        rows = (await self._session.execute(stmt)).all()
+        if not rows:
+            return None
+        first = rows[0]
+        phones = tuple(
+            Phone(e164=row.e164, line_type=LineType(row.line_type), region=region_of(row.e164))
+            for row in rows
+            if row.e164 is not None
+        )
+        return AccountRecord(
+            account_number=first.account_number,
+            login=first.login,
+            full_name=first.full_name,
+            email=first.email,
+            phones=phones,
+        )
+
+    async def issue_temporary_password(self, account_number: str) -> str:
+        """Replace the account's password with a new temporary one and return it, once."""
+        number = account_number.strip()
+        stmt = (
+            select(Account)
+            .where(Account.account_number == number)
+            .options(lazyload(Account.phones))
+        )
+        account = (await self._session.scalars(stmt)).one_or_none()
+        if account is None:
+            raise UnknownAccount(number)
+        password = generate_temporary_password(self._settings)
+        now = self._clock()
+        expires_at = now + timedelta(hours=self._settings.temp_password_ttl_hours)
+        credential = account.credential
+        if credential is None:
+            account.credential = Credential(
+                password_hash=hash_password(password),
+                is_temporary=True,
+                expires_at=expires_at,
+                used_at=None,
+                changed_at=now,
+            )
+        else:
+            # Overwriting the one hash is what revokes the previous password.
+            credential.password_hash = hash_password(password)
+            credential.is_temporary = True
+            credential.expires_at = expires_at
+            credential.used_at = None
+            credential.changed_at = now
+        await self._session.flush()
+        return password
+
+    async def verify_password(self, account_number: str, password: str) -> PasswordCheck:
+        """Whether the password opens the account, and whether it must be changed."""
+        credential = await self._credential(account_number)
+        if credential is None:
+            verify_nothing(password)
+            return REFUSED
+        if not verify_hash(credential.password_hash, password):
+            return REFUSED
+        if not self._usable(credential):
+            return REFUSED
+        return PasswordCheck(accepted=True, change_required=credential.is_temporary)
+
+    async def change_password(
+        self, account_number: str, current_password: str, new_password: str
+    ) -> None:
+        """Set a new long-term password; a temporary current password is consumed."""
+        credential = await self._credential(account_number)
+        if credential is None:
+            verify_nothing(current_password)
+            raise PasswordChangeRefused(ChangeRefusal.current_not_accepted)
+        if not verify_hash(credential.password_hash, current_password) or not self._usable(
+            credential
+        ):
+            raise PasswordChangeRefused(ChangeRefusal.current_not_accepted)
+        if len(new_password) < MIN_PASSWORD_LENGTH:
+            raise PasswordChangeRefused(ChangeRefusal.too_short)
+        if len(new_password) > MAX_PASSWORD_LENGTH:
+            raise PasswordChangeRefused(ChangeRefusal.too_long)
+        # The temporary password must never become the long-term one.
+        if new_password == current_password:
+            raise PasswordChangeRefused(ChangeRefusal.same_as_current)
+
+        now = self._clock()
+        values: dict[str, object] = {
+            "password_hash": hash_password(new_password),
+            "is_temporary": False,
+            "expires_at": None,
+            "changed_at": now,
+        }
+        if credential.is_temporary:
+            values["used_at"] = now
+        # Compare-and-swap on the hash just verified: of two concurrent changes with the same
+        # temporary password only one finds it still in place, so it is used once.
+        conditions = [
+            Credential.account_id == credential.account_id,
+            Credential.password_hash == credential.password_hash,
+        ]
+        if credential.is_temporary:
+            conditions.append(Credential.used_at.is_(None))
+        stmt = (
+            update(Credential)
+            .where(*conditions)
+            .values(values)
+            .returning(Credential.account_id)
+            .execution_options(synchronize_session="fetch")
+        )
+        if (await self._session.execute(stmt)).scalar_one_or_none() is None:
+            raise PasswordChangeRefused(ChangeRefusal.current_not_accepted)
+        await self._session.flush()
+
+    async def _credential(self, account_number: str) -> Credential | None:
+        # One query whether the account is unknown, has no password, or has one.
+        stmt = (
+            select(Credential)
+            .join(Account, Credential.account_id == Account.id)
+            .where(Account.account_number == account_number.strip())
+        )
+        return (await self._session.scalars(stmt)).one_or_none()
+
+    def _usable(self, credential: Credential) -> bool:
+        if not credential.is_temporary:
+            return True
+        if credential.used_at is not None or credential.expires_at is None:
+            return False
+        return self._clock() < credential.expires_at

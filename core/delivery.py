@@ -1,0 +1,204 @@
+"""Outbound SMS, calls and e-mail behind one protocol: Twilio REST, or the outbox for demo and dev.
+
+Every outbound message is recorded in the request's own transaction (the outbox table): in outbox
+mode the row is the message; with Twilio it is the record status callbacks update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Protocol
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.config import MessengerKind, Settings
+from core.models import OutboundChannel, OutboxMessage
+from core.phones import mask_phone, region_of
+
+log = structlog.get_logger(__name__)
+
+
+class DeliveryFailed(RuntimeError):
+    """The message could not be handed to the provider."""
+
+
+class Messenger(Protocol):
+    """Sends an SMS, places a call or queues an e-mail, and returns the provider's id."""
+
+    # True when nothing leaves the building: the outbox row (with its text) is the message.
+    keeps_messages: bool
+
+    async def send_sms(self, *, to: str, body: str, purpose: str) -> str:
+        """Send one SMS."""
+        ...
+
+    async def place_call(self, *, to: str, url: str, purpose: str) -> str:
+        """Place an outbound call whose TwiML is fetched from `url`."""
+        ...
+
+    async def send_email(self, *, to: str, body: str, purpose: str) -> str:
+        """Queue an e-mail."""
+        ...
+
+
+def _sid(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+class OutboxMessenger:
+    """Sends nothing: the outbox rows are read by `eirc-gateway outbox` and the phone simulator."""
+
+    keeps_messages = True
+
+    async def send_sms(self, *, to: str, body: str, purpose: str) -> str:
+        """An SMS that stays in the outbox."""
+        return _sid("SM")
+
+    async def place_call(self, *, to: str, url: str, purpose: str) -> str:
+        """A call that stays in the outbox until the simulator answers it."""
+        return _sid("CA")
+
+    async def send_email(self, *, to: str, body: str, purpose: str) -> str:
+        """An e-mail that stays in the outbox."""
+        return _sid("EM")
+
+
+class TwilioMessenger:
+    """Sends through the real Twilio REST client, with status callbacks."""
+
+    keeps_messages = False
+
+    def __init__(self, settings: Settings) -> None:
+        from core.twilio_rest import build_twilio_client
+
+        self._settings = settings
+        self._client = build_twilio_client(settings)
+        base = settings.public_base_url.rstrip("/")
+        self._sms_status_url = f"{base}/sms/status"
+        self._call_status_url = f"{base}/ivr/status"
+
+    def __repr__(self) -> str:
+        return "TwilioMessenger(<client>)"
+
+    async def send_sms(self, *, to: str, body: str, purpose: str) -> str:
+        """Send an SMS from the short number."""
+        try:
+            message = await asyncio.to_thread(
+                self._client.messages.create,
+                to=to,
+                from_=self._settings.sms_number,
+                body=body,
+                status_callback=self._sms_status_url,
+            )
+        except Exception as exc:
+            # The exception text can quote the request body: keep only its type.
+            raise DeliveryFailed(f"SMS not accepted by Twilio ({type(exc).__name__})") from None
+        return str(message.sid)
+
+    async def place_call(self, *, to: str, url: str, purpose: str) -> str:
+        """Place a call from the hotline number."""
+        try:
+            call = await asyncio.to_thread(
+                self._client.calls.create,
+                to=to,
+                from_=self._settings.hotline_number,
+                url=url,
+                status_callback=self._call_status_url,
+            )
+        except Exception as exc:
+            raise DeliveryFailed(f"call not accepted by Twilio ({type(exc).__name__})") from None
+        return str(call.sid)
+
+    async def send_email(self, *, to: str, body: str, purpose: str) -> str:
+        """Twilio sends no e-mail: it waits in the outbox for the billing centre's mailer."""
+        return _sid("EM")
+
+
+def build_messenger(settings: Settings) -> Messenger:
+    """The messenger the settings ask for."""
+    if settings.messenger is MessengerKind.twilio:
+        return TwilioMessenger(settings)
+    return OutboxMessenger()
+
+
+class Delivery:
+    """Policy in front of the messenger (allowed countries), and the outbox record of every send."""
+
+    def __init__(self, messenger: Messenger, settings: Settings, session: AsyncSession) -> None:
+        self._messenger = messenger
+        self._settings = settings
+        self._session = session
+        self._allowed = frozenset(settings.allowed_countries)
+
+    def allowed(self, e164: str) -> bool:
+        """Whether outbound messages may go to this number at all."""
+        return region_of(e164) in self._allowed
+
+    async def _record(
+        self,
+        channel: OutboundChannel,
+        to: str,
+        sid: str,
+        purpose: str,
+        *,
+        body: str = "",
+        url: str | None = None,
+    ) -> None:
+        # With a real provider the text has left: a code or password is not kept at rest.
+        keep = self._messenger.keeps_messages or channel is OutboundChannel.email
+        self._session.add(
+            OutboxMessage(
+                channel=channel,
+                to_number=to,
+                from_number={
+                    OutboundChannel.sms: self._settings.sms_number,
+                    OutboundChannel.call: self._settings.hotline_number,
+                }.get(channel, ""),
+                body=body if keep else "",
+                url=url,
+                purpose=purpose,
+                status="queued" if keep else "sent",
+                provider_sid=sid,
+            )
+        )
+        await self._session.flush()
+
+    async def sms(self, to: str, body: str, purpose: str) -> bool:
+        """Send an SMS if policy allows; False when it was withheld."""
+        if not self.allowed(to):
+            log.warning("outbound.refused_country", to=mask_phone(to), purpose=purpose)
+            return False
+        sid = await self._messenger.send_sms(to=to, body=body, purpose=purpose)
+        await self._record(OutboundChannel.sms, to, sid, purpose, body=body)
+        log.info("outbound.sms", to=mask_phone(to), purpose=purpose)
+        return True
+
+    async def call(self, to: str, url: str, purpose: str) -> bool:
+        """Place a call if policy allows; False when it was withheld."""
+        if not self.allowed(to):
+            log.warning("outbound.refused_country", to=mask_phone(to), purpose=purpose)
+            return False
+        sid = await self._messenger.place_call(to=to, url=url, purpose=purpose)
+        await self._record(OutboundChannel.call, to, sid, purpose, url=url)
+        log.info("outbound.call", to=mask_phone(to), purpose=purpose)
+        return True
+
+    async def email(self, to: str, body: str, purpose: str) -> bool:
+        """Queue an e-mail notice."""
+        sid = await self._messenger.send_email(to=to, body=body, purpose=purpose)
+        await self._record(OutboundChannel.email, to, sid, purpose, body=body)
+        log.info("outbound.email", purpose=purpose)
+        return True
+
+
+async def list_outbox(
+    session: AsyncSession, *, to_number: str | None = None, after_id: int = 0
+) -> list[OutboxMessage]:
+    """Outbox rows, oldest first."""
+    query = select(OutboxMessage).where(OutboxMessage.id > after_id).order_by(OutboxMessage.id)
+    if to_number:
+        query = query.where(OutboxMessage.to_number == to_number)
+    return list((await session.scalars(query)).all())

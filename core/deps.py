@@ -1,0 +1,36 @@
+"""FastAPI dependencies: every route reads the same way (`DbSession`, `TwilioRequest`, …)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.services import Services
+from core.twilio_security import TwilioForm
+
+
+def get_services(request: Request) -> Services:
+    """The process-wide services built in the app's lifespan."""
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: commit on success, roll back on error."""
+    async with services.sessionmaker() as session, session.begin():
+        yield session
+
+
+async def verified_twilio_form(request: Request, services: ServicesDep) -> TwilioForm:
+    """The webhook form, after its X-Twilio-Signature was verified."""
+    return await services.verifier(request)
+
+
+DbSession = Annotated[AsyncSession, Depends(get_db)]
+TwilioRequest = Annotated[TwilioForm, Depends(verified_twilio_form)]

@@ -1,0 +1,352 @@
+"""The recovery flow, channel-independent: attempt → code → verification → credential → notices."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+import structlog
+from redis.asyncio import Redis
+
+from core.accounts import AccountDirectory, AccountRecord
+from core.audit import AuditLog
+from core.codes import CodeCheck, CodeStore
+from core.config import Settings
+from core.crypto import Keyring
+from core.delivery import Delivery
+from core.phones import InvalidPhoneNumber, mask_account, parse_phone
+from voice_prompts import Catalogue, Language
+
+log = structlog.get_logger(__name__)
+
+DAY_SECONDS = 24 * 3600
+
+
+class Purpose(StrEnum):
+    password = "password"
+    login = "login"
+
+
+class Channel(StrEnum):
+    voice = "voice"
+    sms = "sms"
+
+
+class SendOutcome(StrEnum):
+    # "sent" is also the answer when the account has no usable phone: callers must not tell apart.
+    sent = "sent"
+    cooldown = "cooldown"
+    capped = "capped"
+
+
+class VerifyOutcome(StrEnum):
+    accepted = "accepted"
+    wrong = "wrong"
+    invalidated = "invalidated"
+    capped = "capped"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One recovery attempt: an account, a purpose and the call or message thread it belongs to."""
+
+    id: str
+    account_number: str
+    purpose: Purpose
+    channel: Channel
+    session_ref: str
+    language: Language
+
+    def __repr__(self) -> str:
+        return f"Attempt({self.id[:8]}…, {mask_account(self.account_number)}, {self.purpose})"
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What the caller gets once verified; `secret` is the temporary password or the login."""
+
+    purpose: Purpose
+    secret: str
+    sent_by_sms: bool
+
+    def __repr__(self) -> str:
+        return f"Completion({self.purpose}, sent_by_sms={self.sent_by_sms})"
+
+
+class RecoveryService:
+    """Orchestrates one recovery: the only place that decides who gets a code or a credential."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        redis: Redis,
+        keyring: Keyring,
+        directory: AccountDirectory,
+        delivery: Delivery,
+        audit: AuditLog,
+        prompts: Catalogue,
+    ) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._keyring = keyring
+        self._directory = directory
+        self._delivery = delivery
+        self._audit = audit
+        self._prompts = prompts
+        self._codes = CodeStore(redis, settings, keyring)
+
+    # -- attempts ---------------------------------------------------------------------------
+
+    async def start(
+        self,
+        *,
+        account_number: str,
+        purpose: Purpose,
+        channel: Channel,
+        session_ref: str,
+        language: Language,
+        caller: str | None,
+    ) -> Attempt:
+        """Open an attempt; the caller ID is recorded as a risk signal only, never as a factor."""
+        attempt = Attempt(
+            id=secrets.token_urlsafe(18),
+            account_number=account_number,
+            purpose=purpose,
+            channel=channel,
+            session_ref=session_ref,
+            language=language,
+        )
+        await self._redis.set(
+            self._attempt_key(attempt.id),
+            json.dumps(asdict(attempt)),
+            ex=self._settings.code_ttl_seconds + 600,
+        )
+        record = await self._directory.lookup(account_number)
+        await self._audit.record(
+            "recovery.started",
+            channel=channel,
+            session_ref=session_ref,
+            account_number=account_number,
+            purpose=purpose,
+            account_known=record is not None,
+            caller_is_on_file=_caller_on_file(record, caller, self._settings.default_region),
+        )
+        return attempt
+
+    async def load(self, attempt_id: str) -> Attempt | None:
+        """The attempt with this id, if it is still open."""
+        raw = await self._redis.get(self._attempt_key(attempt_id))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return Attempt(
+            id=data["id"],
+            account_number=data["account_number"],
+            purpose=Purpose(data["purpose"]),
+            channel=Channel(data["channel"]),
+            session_ref=data["session_ref"],
+            language=Language(data["language"]),
+        )
+
+    # -- codes ------------------------------------------------------------------------------
+
+    async def send_sms_code(self, attempt: Attempt) -> SendOutcome:
+        """SMS a code to the first mobile on file; the outcome never tells whether there is one."""
+        if await self._is_capped(attempt.account_number):
+            return SendOutcome.capped
+        if not await self._cool_down(attempt.id):
+            return SendOutcome.cooldown
+        record = await self._directory.lookup(attempt.account_number)
+        code = await self._codes.issue(attempt.id)
+        mobile = record.first_mobile if record else None
+        delivered = False
+        if mobile is not None:
+            body = self._prompts.text("sms.code", attempt.language, code=code)
+            delivered = await self._delivery.sms(mobile.e164, body, purpose="code")
+        await self._audit.record(
+            "code.sent_sms",
+            channel=attempt.channel,
+            session_ref=attempt.session_ref,
+            account_number=attempt.account_number,
+            delivered=delivered,
+        )
+        return SendOutcome.sent
+
+    async def request_voice_call(self, attempt: Attempt, twiml_url: str) -> SendOutcome:
+        """Call the first phone on file (mobile or landline) to speak the code after a key press."""
+        if await self._is_capped(attempt.account_number):
+            return SendOutcome.capped
+        if not await self._cool_down(attempt.id):
+            return SendOutcome.cooldown
+        record = await self._directory.lookup(attempt.account_number)
+        phone = record.phones[0] if record and record.phones else None
+        placed = False
+        if phone is not None:
+            placed = await self._delivery.call(phone.e164, twiml_url, purpose="code_call")
+        await self._audit.record(
+            "code.call_placed",
+            channel=attempt.channel,
+            session_ref=attempt.session_ref,
+            account_number=attempt.account_number,
+            placed=placed,
+        )
+        return SendOutcome.sent
+
+    async def issue_spoken_code(self, attempt: Attempt, call_ref: str) -> str:
+        """A fresh code to speak in the verification call, after the answerer pressed a key."""
+        code = await self._codes.issue(attempt.id)
+        await self._audit.record(
+            "code.spoken",
+            channel=Channel.voice,
+            session_ref=call_ref,
+            account_number=attempt.account_number,
+        )
+        return code
+
+    async def verify(self, attempt: Attempt, code: str, session_ref: str) -> VerifyOutcome:
+        """Check a code; wrong ones count against the account's daily cap."""
+        if await self._is_capped(attempt.account_number):
+            return VerifyOutcome.capped
+        check = await self._codes.check(attempt.id, code)
+        outcome = {
+            CodeCheck.accepted: VerifyOutcome.accepted,
+            CodeCheck.wrong: VerifyOutcome.wrong,
+        }.get(check, VerifyOutcome.invalidated)
+        if check is not CodeCheck.accepted:
+            failures = await self._count_failure(attempt.account_number)
+            if failures >= self._settings.failed_verifications_per_day:
+                await self._codes.discard(attempt.id)
+                outcome = VerifyOutcome.capped
+        await self._audit.record(
+            "code.checked",
+            channel=attempt.channel,
+            session_ref=session_ref,
+            account_number=attempt.account_number,
+            outcome=outcome,
+        )
+        return outcome
+
+    # -- completion -------------------------------------------------------------------------
+
+    async def complete(self, attempt: Attempt, session_ref: str) -> Completion | None:
+        """Issue the temporary password (or look up the login), send it, notify the contacts.
+
+        Only called after `verify` accepted: the code was consumed atomically, so this runs once.
+        None when the account vanished from the directory in the meantime.
+        """
+        record = await self._directory.lookup(attempt.account_number)
+        if record is None:
+            return None
+        if attempt.purpose is Purpose.password:
+            secret = await self._directory.issue_temporary_password(attempt.account_number)
+            body = self._prompts.text(
+                "sms.temporary_password",
+                attempt.language,
+                password=secret,
+                hours=self._settings.temp_password_ttl_hours,
+            )
+        else:
+            secret = record.login
+            body = self._prompts.text("sms.login", attempt.language, login=secret)
+        mobile = record.first_mobile
+        sent = False
+        if mobile is not None:
+            sent = await self._delivery.sms(mobile.e164, body, purpose=f"{attempt.purpose}")
+        await self._notify_contacts(
+            record, attempt, already_told=mobile.e164 if sent and mobile else None
+        )
+        await self._redis.delete(self._attempt_key(attempt.id))
+        await self._audit.record(
+            "recovery.completed",
+            channel=attempt.channel,
+            session_ref=session_ref,
+            account_number=attempt.account_number,
+            purpose=attempt.purpose,
+            sent_by_sms=sent,
+        )
+        log.info(
+            "recovery.completed",
+            account=mask_account(attempt.account_number),
+            purpose=attempt.purpose,
+        )
+        return Completion(purpose=attempt.purpose, secret=secret, sent_by_sms=sent)
+
+    async def _notify_contacts(
+        self, record: AccountRecord, attempt: Attempt, already_told: str | None
+    ) -> None:
+        """Tell every other contact on file, by a channel other than the one used (§6.8)."""
+        notified = 0
+        if attempt.channel is Channel.voice:
+            text = self._prompts.text(
+                "sms.recovery_notice", attempt.language, hotline=self._settings.hotline_number
+            )
+            for mobile in record.mobiles:
+                if mobile.e164 != already_told:
+                    notified += await self._delivery.sms(mobile.e164, text, purpose="notice")
+        if record.email:
+            channel_name = self._prompts.text(f"email.channel_{attempt.channel}", attempt.language)
+            text = self._prompts.text(
+                "email.recovery_notice",
+                attempt.language,
+                channel=channel_name,
+                hotline=self._settings.hotline_number,
+            )
+            notified += await self._delivery.email(record.email, text, purpose="notice")
+        await self._audit.record(
+            "recovery.notified",
+            channel=attempt.channel,
+            session_ref=attempt.session_ref,
+            account_number=attempt.account_number,
+            contacts=notified,
+        )
+
+    # -- limits -----------------------------------------------------------------------------
+
+    def _attempt_key(self, attempt_id: str) -> str:
+        return f"attempt:{attempt_id}"
+
+    def _failures_key(self, account_number: str) -> str:
+        return f"fails:{self._keyring.reference(account_number)}"
+
+    async def _cool_down(self, attempt_id: str) -> bool:
+        """True when a code may be sent now; starts the resend cool-down."""
+        cooldown = self._settings.code_resend_cooldown_seconds
+        if cooldown == 0:
+            return True
+        return bool(await self._redis.set(f"cooldown:{attempt_id}", 1, nx=True, ex=cooldown))
+
+    async def _is_capped(self, account_number: str) -> bool:
+        failures = await self._redis.get(self._failures_key(account_number))
+        return int(failures or 0) >= self._settings.failed_verifications_per_day
+
+    async def _count_failure(self, account_number: str) -> int:
+        key = self._failures_key(account_number)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, DAY_SECONDS, nx=True)
+            count, _ = await pipe.execute()
+        return int(count)
+
+
+def _caller_on_file(record: AccountRecord | None, caller: str | None, region: str) -> bool:
+    if record is None or not caller:
+        return False
+    try:
+        e164 = parse_phone(caller, region).e164
+    except InvalidPhoneNumber:
+        return False
+    return any(phone.e164 == e164 for phone in record.phones)
+
+
+__all__ = [
+    "Attempt",
+    "Channel",
+    "Completion",
+    "Purpose",
+    "RecoveryService",
+    "SendOutcome",
+    "VerifyOutcome",
+]

@@ -1,0 +1,69 @@
+"""Long-lived parts built once per process and handed to requests by dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from core.accounts import SqlAccountDirectory
+from core.audit import AuditLog
+from core.config import Settings
+from core.crypto import Keyring
+from core.db import create_engine, create_sessionmaker
+from core.delivery import Delivery, Messenger, build_messenger
+from core.recovery import RecoveryService
+from core.redis import create_redis
+from core.twilio_security import SignatureVerifier
+from voice_prompts import Catalogue, load_catalogue
+
+
+@dataclass(eq=False)
+class Services:
+    """The process-wide parts: engine, sessions, Redis, keys, messenger, prompts."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: Redis
+    keyring: Keyring
+    messenger: Messenger
+    prompts: Catalogue
+    verifier: SignatureVerifier
+
+    def __repr__(self) -> str:
+        return "Services(...)"
+
+    @classmethod
+    def build(cls, settings: Settings, messenger: Messenger | None = None) -> Services:
+        """Build everything from settings; tests may pass a messenger of their own."""
+        engine = create_engine(settings.database_url)
+        sessionmaker = create_sessionmaker(engine)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessionmaker=sessionmaker,
+            redis=create_redis(settings.redis_url),
+            keyring=Keyring(settings),
+            messenger=messenger or build_messenger(settings),
+            prompts=load_catalogue(),
+            verifier=SignatureVerifier(settings),
+        )
+
+    async def close(self) -> None:
+        """Release connections."""
+        await self.redis.aclose()
+        await self.engine.dispose()
+
+    def recovery(self, session: AsyncSession) -> RecoveryService:
+        """The recovery service for one request's transaction."""
+        return RecoveryService(
+            settings=self.settings,
+            redis=self.redis,
+            keyring=self.keyring,
+            directory=SqlAccountDirectory(session, self.settings),
+            delivery=Delivery(self.messenger, self.settings, session),
+            audit=AuditLog(session, self.keyring),
+            prompts=self.prompts,
+        )

@@ -1,0 +1,71 @@
+"""The FastAPI application: the one place that wires every part together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Response
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from core.config import Settings
+from core.delivery import Messenger
+from core.deps import ServicesDep
+from core.services import Services
+from gateway.logging import configure_logging
+from ivr.router import router as ivr_router
+
+
+def create_app(settings: Settings | None = None, *, messenger: Messenger | None = None) -> FastAPI:
+    """Build the gateway app; tests pass their own settings and messenger."""
+    settings = settings or Settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services.build(settings, messenger=messenger)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.close()
+
+    app = FastAPI(
+        title="EIRC Recovery Gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.include_router(ivr_router)
+
+    @app.get("/healthz", response_class=PlainTextResponse)
+    async def healthz() -> str:
+        """The process is up."""
+        return "ok"
+
+    @app.get("/readyz", response_class=PlainTextResponse)
+    async def readyz(services: ServicesDep, response: Response) -> str:
+        """The database and Redis are reachable."""
+        problems = []
+        try:
+            async with services.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception:
+            problems.append("database")
+        try:
+            await services.redis.ping()
+        except Exception:
+            problems.append("redis")
+        if problems:
+            response.status_code = 503
+            return "unavailable: " + ", ".join(problems)
+        return "ready"
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

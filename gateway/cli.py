@@ -1,0 +1,236 @@
+"""The `eirc-gateway` command line: serve, migrate, import, outbox, phone simulator, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.config import Settings
+from core.db import create_engine, create_sessionmaker, transaction
+from core.delivery import list_outbox
+from core.migrate import upgrade_database
+from gateway.cli_accounts import accounts_app
+from gateway.simulator import OutboxItem, PhoneSimulator, RichConsoleIO
+
+app = typer.Typer(help="EIRC Recovery Gateway: account recovery by phone call and SMS.")
+db_app = typer.Typer(help="Database schema.")
+phone_app = typer.Typer(help="The phone simulator: call or text a running gateway like Twilio.")
+app.add_typer(db_app, name="db")
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(phone_app, name="phone")
+
+console = Console(highlight=False)
+
+DEMO_ACCOUNTS = Path(__file__).with_name("demo_accounts.csv")
+DEMO_PHONE = "+79123456789"
+
+
+class SqlOutboxReader:
+    """Reads the outbox table for the phone simulator."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+
+    async def messages_for(self, phone_number: str, after_id: int) -> list[OutboxItem]:
+        """Outbox rows to one phone, oldest first."""
+        async with self._sessionmaker() as session:
+            rows = await list_outbox(session, to_number=phone_number, after_id=after_id)
+        return [
+            OutboxItem(
+                id=row.id,
+                channel="call" if row.channel == "call" else "sms",
+                to_number=row.to_number,
+                from_number=row.from_number,
+                body=row.body,
+                url=row.url,
+                sid=row.provider_sid,
+            )
+            for row in rows
+            if row.channel in ("sms", "call")
+        ]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the gateway with uvicorn (GATEWAY_WORKERS processes)."""
+    settings = Settings()
+    uvicorn.run(
+        "gateway.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=settings.workers,
+        proxy_headers=True,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the database migrations (creates the schema on a new database)."""
+    asyncio.run(upgrade_database(Settings().database_url))
+    console.print("database is up to date")
+
+
+@app.command()
+def outbox(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List what the gateway sent (or would have sent), newest last."""
+
+    async def rows() -> list[dict[str, str | int | None]]:
+        settings = Settings()
+        await upgrade_database(settings.database_url)
+        engine = create_engine(settings.database_url)
+        async with transaction(create_sessionmaker(engine)) as session:
+            found = await list_outbox(session)
+        await engine.dispose()
+        return [
+            {
+                "id": row.id,
+                "created_at": row.created_at.isoformat(timespec="seconds"),
+                "channel": str(row.channel),
+                "to": row.to_number,
+                "purpose": row.purpose,
+                "status": row.status,
+                "text": row.body or row.url,
+            }
+            for row in found
+        ]
+
+    found = asyncio.run(rows())
+    if as_json:
+        for row in found:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        return
+    table = Table("id", "time", "channel", "to", "purpose", "text")
+    for row in found:
+        table.add_row(
+            str(row["id"]),
+            str(row["created_at"]),
+            str(row["channel"]),
+            str(row["to"]),
+            str(row["purpose"]),
+            str(row["text"]),
+        )
+    console.print(table)
+
+
+def _simulator(settings: Settings, gateway: str, phone: str, speak: bool) -> PhoneSimulator:
+    sessionmaker = create_sessionmaker(create_engine(settings.database_url))
+    return PhoneSimulator(
+        gateway_url=gateway,
+        public_base_url=settings.public_base_url,
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+        phone_number=phone,
+        service_number=settings.hotline_number,
+        sms_number=settings.sms_number,
+        io=RichConsoleIO(console, speak=speak),
+        outbox=SqlOutboxReader(sessionmaker),
+    )
+
+
+FromOption = Annotated[str, typer.Option("--from", help="The simulated phone, E.164.")]
+GatewayOption = Annotated[str, typer.Option(help="Where the gateway listens.")]
+SpeakOption = Annotated[bool, typer.Option(help="Also speak prompts with espeak-ng.")]
+
+
+@phone_app.command("call")
+def phone_call(
+    phone: FromOption = DEMO_PHONE,
+    gateway: GatewayOption = "http://127.0.0.1:8000",
+    speak: SpeakOption = False,
+) -> None:
+    """Call the hotline: hear the prompts, type keys (or `s:` and words to speak)."""
+
+    async def run() -> None:
+        async with _simulator(Settings(), gateway, phone, speak) as simulator:
+            await simulator.call()
+
+    asyncio.run(run())
+
+
+@phone_app.command("sms")
+def phone_sms(
+    text: Annotated[str, typer.Argument(help="The message to send.")],
+    phone: FromOption = DEMO_PHONE,
+    gateway: GatewayOption = "http://127.0.0.1:8000",
+) -> None:
+    """Text the short number and show the replies."""
+
+    async def run() -> None:
+        async with _simulator(Settings(), gateway, phone, False) as simulator:
+            await simulator.sms(text)
+
+    asyncio.run(run())
+
+
+@app.command()
+def demo(
+    phone: FromOption = DEMO_PHONE,
+    port: Annotated[int, typer.Option(help="Port for the demo gateway.")] = 8000,
+    speak: SpeakOption = False,
+) -> None:
+    """Import demo accounts, start the gateway and call it from the phone simulator."""
+    os.environ.setdefault("GATEWAY_DATABASE_URL", "sqlite+aiosqlite:///./eirc-demo.db")
+    os.environ["GATEWAY_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
+    os.environ["GATEWAY_MESSENGER"] = "outbox"
+    os.environ["GATEWAY_REDIS_URL"] = "memory://"
+    os.environ["GATEWAY_CODE_RESEND_COOLDOWN_SECONDS"] = "10"
+    os.environ.setdefault("GATEWAY_LOG_LEVEL", "WARNING")
+    settings = Settings()
+    asyncio.run(_demo(settings, phone, port, speak))
+
+
+async def _demo(settings: Settings, phone: str, port: int, speak: bool) -> None:
+    from core.accounts_import import import_accounts_csv
+    from gateway.app import create_app
+
+    await upgrade_database(settings.database_url)
+    engine = create_engine(settings.database_url)
+    async with transaction(create_sessionmaker(engine)) as session:
+        await import_accounts_csv(session, DEMO_ACCOUNTS, settings)
+    await engine.dispose()
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
+        await asyncio.sleep(0.05)
+    console.print(
+        "[bold]EIRC Recovery Gateway demo[/bold] — the gateway runs on "
+        f"http://127.0.0.1:{port}.\nDemo accounts: "
+        + ", ".join(line.split(",")[0] for line in DEMO_ACCOUNTS.read_text().splitlines()[1:])
+        + f".\nYour phone is {phone} (on file for account 1000234528).\n"
+        "Type keys and press Enter (e.g. `1`, `1000234528#`); `s:` and words to speak "
+        "(`s:один два три`); an empty line is silence. "
+        "SMS and calls from the gateway arrive on this phone as they would.\n"
+    )
+    try:
+        async with _simulator(settings, f"http://127.0.0.1:{port}", phone, speak) as simulator:
+            while True:
+                choice = await asyncio.to_thread(
+                    console.input, "[bold]c[/bold] call the hotline, [bold]q[/bold] quit: "
+                )
+                if choice.strip().lower() in {"q", "quit", "exit"}:
+                    break
+                await simulator.call()
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        server.should_exit = True
+        await serving

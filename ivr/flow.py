@@ -1,0 +1,248 @@
+"""The voice flow: applies one caller input to a call session, with the recovery service's help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import structlog
+
+from core.config import Settings
+from core.crypto import Keyring
+from core.recovery import (
+    Attempt,
+    Channel,
+    Purpose,
+    RecoveryService,
+    SendOutcome,
+    VerifyOutcome,
+)
+from ivr.menu import MENU, Action, Entry, State
+from ivr.session import CallSession, Verification
+from ivr.speech import speech_to_digits
+from voice_prompts import Catalogue, Language
+
+log = structlog.get_logger(__name__)
+
+OPERATOR_WORDS = ("оператор", "operator", "человек")
+PASSWORD_GROUP = 4
+
+
+@dataclass(frozen=True, slots=True)
+class CallerInput:
+    """What Twilio posted for a Gather: keys, or speech, or nothing."""
+
+    digits: str = ""
+    speech: str = ""
+
+    @property
+    def empty(self) -> bool:
+        """No key and no speech: the caller stayed silent."""
+        return not self.digits and not self.speech.strip()
+
+
+class VoiceFlow:
+    """Decides the next state of a call and the screen the caller hears."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        recovery: RecoveryService,
+        keyring: Keyring,
+        prompts: Catalogue,
+    ) -> None:
+        self._settings = settings
+        self._recovery = recovery
+        self._keyring = keyring
+        self._prompts = prompts
+        self._base = settings.public_base_url.rstrip("/")
+
+    # -- input ------------------------------------------------------------------------------
+
+    async def handle(self, call: CallSession, given: CallerInput) -> None:
+        """Apply one input to the call; the session is changed in place."""
+        call.notices = []
+        spec = MENU[call.state]
+        if spec.final:
+            return
+        keys = given.digits.rstrip("#")
+        if given.empty:
+            if spec.silence_ends:
+                self._go(call, spec.exhausted)
+                return
+            await self._retry(call, "voice.no_input")
+            return
+        if keys in spec.keys:
+            await self._act(call, spec.keys[keys])
+            return
+        if given.speech and any(word in given.speech.lower() for word in OPERATOR_WORDS):
+            self._to_operator(call, "caller_request")
+            return
+        if spec.entry is Entry.account_number:
+            await self._account_entered(call, keys or self._spoken_digits(call, given))
+        elif spec.entry is Entry.code:
+            await self._code_entered(call, keys or self._spoken_digits(call, given))
+        else:
+            await self._retry(call, "voice.invalid_key")
+
+    def _spoken_digits(self, call: CallSession, given: CallerInput) -> str:
+        return speech_to_digits(given.speech, call.language) or "" if given.speech else ""
+
+    async def _retry(self, call: CallSession, notice: str) -> None:
+        call.tries += 1
+        if call.tries >= self._settings.menu_max_tries:
+            exhausted = MENU[call.state].exhausted
+            if exhausted is State.operator:
+                self._to_operator(call, "retries_exhausted", notice="voice.too_many_tries")
+            else:
+                self._go(call, exhausted)
+            return
+        call.notices = [notice]
+
+    def _go(self, call: CallSession, state: State, *notices: str) -> None:
+        call.state = state
+        call.tries = 0
+        call.notices = list(notices)
+
+    def _to_operator(self, call: CallSession, reason: str, notice: str | None = None) -> None:
+        call.reason = reason
+        self._go(call, State.operator, *([notice] if notice else []))
+        log.info("ivr.escalated", call=call.call_sid, reason=reason)
+
+    async def _act(self, call: CallSession, action: Action) -> None:
+        match action:
+            case Action.repeat:
+                pass
+            case Action.operator:
+                self._to_operator(call, "caller_request")
+            case Action.english:
+                call.language = Language.en
+                self._go(call, State.main_menu)
+            case Action.restore_password | Action.recover_login:
+                call.purpose = (
+                    Purpose.password if action is Action.restore_password else Purpose.login
+                )
+                self._go(call, State.account_entry)
+            case Action.reenter_account:
+                call.account = None
+                self._go(call, State.account_entry)
+            case Action.confirm_account:
+                await self._start_attempt(call)
+            case Action.send_sms_code | Action.resend_code:
+                await self._send_sms_code(call, resend=action is Action.resend_code)
+            case Action.call_me:
+                await self._call_me(call)
+            case Action.reveal_code:
+                await self._reveal_code(call)
+            case Action.finish:
+                self._go(call, State.goodbye)
+
+    # -- steps of the recovery --------------------------------------------------------------
+
+    async def _account_entered(self, call: CallSession, digits: str) -> None:
+        if len(digits) > self._settings.account_number_max_length or not (
+            self._settings.account_number_regex.fullmatch(digits)
+        ):
+            await self._retry(call, "voice.account_invalid")
+            return
+        call.account = digits
+        self._go(call, State.account_confirm)
+
+    async def _start_attempt(self, call: CallSession) -> None:
+        assert call.account and call.purpose
+        attempt = await self._recovery.start(
+            account_number=call.account,
+            purpose=Purpose(call.purpose),
+            channel=Channel.voice,
+            session_ref=call.call_sid,
+            language=call.language,
+            caller=call.caller,
+        )
+        call.attempt_id = attempt.id
+        self._go(call, State.method_choice)
+
+    async def _attempt(self, call: CallSession) -> Attempt | None:
+        attempt = await self._recovery.load(call.attempt_id) if call.attempt_id else None
+        if attempt is None:
+            self._to_operator(call, "error", notice="voice.error_apology")
+        return attempt
+
+    async def _send_sms_code(self, call: CallSession, *, resend: bool) -> None:
+        attempt = await self._attempt(call)
+        if attempt is None:
+            return
+        outcome = await self._recovery.send_sms_code(attempt)
+        if outcome is SendOutcome.capped:
+            self._to_operator(call, "verification_capped", notice="voice.verification_capped")
+        elif outcome is SendOutcome.cooldown:
+            self._go(call, State.code_entry, "voice.code_resend_wait")
+        else:
+            call.verification = Verification.code_sent
+            self._go(call, State.code_entry, "voice.code_resent" if resend else "voice.code_sent")
+
+    async def _call_me(self, call: CallSession) -> None:
+        attempt = await self._attempt(call)
+        if attempt is None:
+            return
+        url = f"{self._base}/ivr/verify?{urlencode({'a': attempt.id})}"
+        outcome = await self._recovery.request_voice_call(attempt, url)
+        if outcome is SendOutcome.capped:
+            self._to_operator(call, "verification_capped", notice="voice.verification_capped")
+        elif outcome is SendOutcome.cooldown:
+            self._go(call, call.state, "voice.code_resend_wait")
+        else:
+            call.verification = Verification.code_sent
+            self._go(call, State.call_arranged)
+
+    async def _reveal_code(self, call: CallSession) -> None:
+        attempt = await self._attempt(call)
+        if attempt is None:
+            return
+        code = await self._recovery.issue_spoken_code(attempt, call.call_sid)
+        call.sealed = self._keyring.seal(code)
+        call.verification = Verification.code_sent
+        self._go(call, State.verify_code)
+
+    async def _code_entered(self, call: CallSession, digits: str) -> None:
+        if len(digits) != 6 or not digits.isdigit():
+            await self._retry(call, "voice.code_malformed")
+            return
+        attempt = await self._attempt(call)
+        if attempt is None:
+            return
+        outcome = await self._recovery.verify(attempt, digits, call.call_sid)
+        if outcome is VerifyOutcome.accepted:
+            completion = await self._recovery.complete(attempt, call.call_sid)
+            if completion is None:
+                self._to_operator(call, "error", notice="voice.error_apology")
+                return
+            call.verification = Verification.verified
+            call.sealed = self._keyring.seal(completion.secret)
+            self._go(call, State.secret_ready, *(["sms"] if completion.sent_by_sms else []))
+        elif outcome is VerifyOutcome.capped:
+            self._to_operator(call, "verification_capped", notice="voice.verification_capped")
+        elif outcome is VerifyOutcome.invalidated:
+            if call.outbound:
+                self._go(call, State.goodbye, "voice.verify_expired")
+            else:
+                await self._retry(call, "voice.code_expired")
+        else:
+            await self._retry(call, "voice.code_wrong")
+
+    async def open_verification_call(self, call_sid: str, attempt_id: str) -> CallSession:
+        """The session of the outbound call to the phone on file, or a goodbye if it expired."""
+        attempt = await self._recovery.load(attempt_id)
+        if attempt is None:
+            call = CallSession(call_sid=call_sid, state=State.goodbye, outbound=True)
+            call.notices = ["voice.verify_expired"]
+            return call
+        return CallSession(
+            call_sid=call_sid,
+            state=State.verify_greeting,
+            language=attempt.language,
+            purpose=attempt.purpose,
+            account=attempt.account_number,
+            attempt_id=attempt.id,
+            outbound=True,
+        )

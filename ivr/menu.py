@@ -1,0 +1,153 @@
+"""The voice menu as data: states, their prompts, and what each key or entry leads to (§3)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class State(StrEnum):
+    main_menu = "main_menu"
+    account_entry = "account_entry"
+    account_confirm = "account_confirm"
+    method_choice = "method_choice"
+    code_entry = "code_entry"
+    secret_ready = "secret_ready"
+    call_arranged = "call_arranged"
+    operator = "operator"
+    goodbye = "goodbye"
+    # The outbound verification call to the phone on file.
+    verify_greeting = "verify_greeting"
+    verify_code = "verify_code"
+
+
+class Action(StrEnum):
+    repeat = "repeat"
+    operator = "operator"
+    english = "english"
+    restore_password = "restore_password"
+    recover_login = "recover_login"
+    confirm_account = "confirm_account"
+    reenter_account = "reenter_account"
+    send_sms_code = "send_sms_code"
+    call_me = "call_me"
+    resend_code = "resend_code"
+    reveal_code = "reveal_code"
+    finish = "finish"
+
+
+class Entry(StrEnum):
+    """Free-form input a state accepts besides its keys."""
+
+    account_number = "account_number"
+    code = "code"
+
+
+class Final(StrEnum):
+    """How a final state ends the call."""
+
+    dial = "dial"
+    hangup = "hangup"
+
+
+@dataclass(frozen=True, slots=True)
+class StateSpec:
+    """One menu state: its prompt key, its keys, and the free-form entry it accepts."""
+
+    prompt: str
+    keys: Mapping[str, Action] = field(default_factory=dict)
+    entry: Entry | None = None
+    speech: bool = False
+    final: Final | None = None
+    # Where silence or too many wrong inputs lead (the operator, unless the call is done).
+    exhausted: State = State.operator
+    # Silence moves straight on to `exhausted` (after a secret was read, silence means "done").
+    silence_ends: bool = False
+
+
+ANY_MENU: Mapping[str, Action] = {"0": Action.operator, "*": Action.repeat}
+
+MENU: Mapping[State, StateSpec] = {
+    State.main_menu: StateSpec(
+        prompt="voice.main_menu",
+        keys={
+            **ANY_MENU,
+            "1": Action.restore_password,
+            "2": Action.recover_login,
+            "9": Action.english,
+        },
+    ),
+    State.account_entry: StateSpec(
+        prompt="voice.account_entry", keys=ANY_MENU, entry=Entry.account_number, speech=True
+    ),
+    State.account_confirm: StateSpec(
+        prompt="voice.account_confirm",
+        keys={**ANY_MENU, "1": Action.confirm_account, "2": Action.reenter_account},
+    ),
+    State.method_choice: StateSpec(
+        prompt="voice.method_choice",
+        keys={**ANY_MENU, "1": Action.send_sms_code, "2": Action.call_me},
+    ),
+    State.code_entry: StateSpec(
+        prompt="voice.code_entry",
+        # On the code prompt `*` asks for a new code (§3), not a repeat.
+        keys={"0": Action.operator, "*": Action.resend_code, "2": Action.call_me},
+        entry=Entry.code,
+        speech=True,
+    ),
+    State.secret_ready: StateSpec(
+        prompt="voice.secret_repeat",
+        keys={**ANY_MENU, "1": Action.finish},
+        exhausted=State.goodbye,
+        silence_ends=True,
+    ),
+    State.call_arranged: StateSpec(prompt="voice.call_arranged", final=Final.hangup),
+    State.operator: StateSpec(prompt="voice.operator_transfer", final=Final.dial),
+    State.goodbye: StateSpec(prompt="voice.goodbye", final=Final.hangup),
+    State.verify_greeting: StateSpec(
+        prompt="voice.verify_greeting",
+        # Any key but 0 reveals the code: a person, not a voicemail box, must be listening.
+        keys={"0": Action.operator, **{k: Action.reveal_code for k in "123456789*#"}},
+        exhausted=State.goodbye,
+    ),
+    State.verify_code: StateSpec(
+        prompt="voice.verify_code", keys=ANY_MENU, entry=Entry.code, speech=True
+    ),
+}
+
+# Where each action and entry can lead: used by the flow's checks and the menu's validation test.
+ACTION_TARGETS: Mapping[Action, frozenset[State]] = {
+    Action.repeat: frozenset(),
+    Action.operator: frozenset({State.operator}),
+    Action.english: frozenset({State.main_menu}),
+    Action.restore_password: frozenset({State.account_entry}),
+    Action.recover_login: frozenset({State.account_entry}),
+    Action.confirm_account: frozenset({State.method_choice}),
+    Action.reenter_account: frozenset({State.account_entry}),
+    Action.send_sms_code: frozenset({State.code_entry, State.operator}),
+    Action.call_me: frozenset({State.call_arranged, State.operator}),
+    Action.resend_code: frozenset({State.code_entry, State.operator}),
+    Action.reveal_code: frozenset({State.verify_code, State.goodbye}),
+    Action.finish: frozenset({State.goodbye}),
+}
+
+ENTRY_TARGETS: Mapping[Entry, frozenset[State]] = {
+    Entry.account_number: frozenset({State.account_confirm}),
+    Entry.code: frozenset({State.secret_ready, State.operator}),
+}
+
+ENTRY_STATES = (State.main_menu, State.verify_greeting)
+
+
+def successors(state: State) -> frozenset[State]:
+    """Every state one input away from `state`."""
+    spec = MENU[state]
+    if spec.final:
+        return frozenset()
+    targets: set[State] = {state, spec.exhausted}
+    for action in spec.keys.values():
+        targets |= ACTION_TARGETS[action]
+    if spec.entry:
+        targets |= ENTRY_TARGETS[spec.entry]
+    return frozenset(targets)

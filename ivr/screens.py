@@ -1,0 +1,151 @@
+"""What the caller (or the operator) hears in each state of a call, as a screen to render."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from core.config import Settings
+from core.crypto import Keyring
+from core.phones import mask_account
+from core.recovery import Purpose
+from ivr.menu import MENU, Entry, Final, State
+from ivr.session import CallSession, Verification
+from ivr.twiml import DialSpec, Ending, GatherSpec, Pause, Screen, Speech, Utterance
+from voice_prompts import Catalogue, Language
+
+PASSWORD_GROUP = 4
+
+
+class Screens:
+    """Builds screens from call sessions; pure, no I/O."""
+
+    def __init__(self, *, settings: Settings, keyring: Keyring, prompts: Catalogue) -> None:
+        self._settings = settings
+        self._keyring = keyring
+        self._prompts = prompts
+
+    def apology(self, call_sid: str) -> Screen:
+        """A stateless apology and transfer, for when anything behind a webhook failed."""
+        call = CallSession(call_sid=call_sid, state=State.operator, reason="error")
+        call.notices = ["voice.error_apology"]
+        return self.screen(call)
+
+    # -- output -----------------------------------------------------------------------------
+
+    def screen(self, call: CallSession) -> Screen:
+        """What the caller hears in the call's current state."""
+        spec = MENU[call.state]
+        lang = call.language
+        lines: list[Utterance] = [
+            self._say(key, lang) for key in call.notices if key.startswith("voice.")
+        ]
+        lines += self._state_lines(call)
+        if spec.final is Final.dial:
+            return Screen(lines=lines, dial=self._dial(call))
+        if spec.final is Final.hangup:
+            if call.state is not State.goodbye:
+                lines.append(self._say("voice.goodbye", lang))
+            return Screen(lines=lines, ending=Ending.hangup)
+        gather = GatherSpec(
+            action=f"/ivr/step?{urlencode({'s': call.step})}",
+            language=lang,
+            speech=spec.speech,
+            num_digits=1 if not spec.entry else (6 if spec.entry is Entry.code else None),
+            finish_on_key="" if spec.entry is Entry.code else "#",
+        )
+        # After the tries run out, or silence after a secret was read, the call moves on by itself.
+        return Screen(lines=lines, gather=gather)
+
+    def _say(self, key: str, language: Language, **params: object) -> Speech:
+        return Speech(self._prompts.text(key, language, **params), language)
+
+    def _state_lines(self, call: CallSession) -> list[Utterance]:
+        lang = call.language
+        match call.state:
+            case State.main_menu:
+                offer = (
+                    [] if lang is Language.en else [self._say("voice.english_offer", Language.en)]
+                )
+                return [self._say("voice.main_menu", lang), *offer]
+            case State.account_confirm:
+                digits = self._prompts.digits(call.account or "", lang)
+                return [self._say("voice.account_confirm", lang, digits=digits)]
+            case State.verify_code:
+                code = self._keyring.unseal(call.sealed or "") or ""
+                spoken = self._prompts.digits(code, lang)
+                return [self._say("voice.verify_code", lang, code=spoken)]
+            case State.secret_ready:
+                return self._secret_lines(call)
+            case _:
+                return [self._say(MENU[call.state].prompt, lang)]
+
+    def _secret_lines(self, call: CallSession) -> list[Utterance]:
+        lang = call.language
+        secret = self._keyring.unseal(call.sealed or "") or ""
+        lines: list[Utterance] = []
+        if call.purpose == Purpose.password:
+            lines.append(self._say("voice.password_ready", lang, length=len(secret)))
+            groups = [secret[i : i + PASSWORD_GROUP] for i in range(0, len(secret), PASSWORD_GROUP)]
+            for index, group in enumerate(groups):
+                lines.append(
+                    self._say(
+                        "voice.password_group",
+                        lang,
+                        number=self._prompts.group_number(index, lang),
+                        characters=self._prompts.spell(group, lang),
+                    )
+                )
+                lines.append(Pause(1))
+            lines.append(
+                self._say(
+                    "voice.password_rules", lang, hours=self._settings.temp_password_ttl_hours
+                )
+            )
+        else:
+            lines.append(
+                self._say("voice.login_ready", lang, characters=self._prompts.spell(secret, lang))
+            )
+        if "sms" in call.notices:
+            lines.append(self._say("voice.also_sent_sms", lang))
+        lines.append(self._say("voice.secret_repeat", lang))
+        return lines
+
+    def _dial(self, call: CallSession) -> DialSpec:
+        return DialSpec(
+            number=self._settings.operator_number,
+            whisper_url=f"/ivr/whisper?{urlencode({'c': call.call_sid})}",
+            action=f"/ivr/dial-result?{urlencode({'c': call.call_sid})}",
+        )
+
+    def whisper(self, call: CallSession | None) -> str:
+        """The case summary the operator hears before the caller is connected (always Russian)."""
+        lang = Language.ru
+        if call is None:
+            return self._prompts.text(
+                "whisper.summary",
+                lang,
+                account=self._prompts.text("whisper.no_account", lang),
+                verification=self._prompts.text("whisper.not_verified", lang),
+                reason=self._prompts.text("whisper.reason_error", lang),
+            )
+        account = (
+            self._prompts.text(
+                "whisper.account",
+                lang,
+                digits=self._prompts.digits(mask_account(call.account)[-3:], lang),
+            )
+            if call.account
+            else self._prompts.text("whisper.no_account", lang)
+        )
+        verification = {
+            Verification.none: "whisper.not_verified",
+            Verification.code_sent: "whisper.code_sent",
+            Verification.verified: "whisper.verified",
+        }[call.verification]
+        return self._prompts.text(
+            "whisper.summary",
+            lang,
+            account=account,
+            verification=self._prompts.text(verification, lang),
+            reason=self._prompts.text(f"whisper.reason_{call.reason or 'caller_request'}", lang),
+        )

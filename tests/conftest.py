@@ -1,0 +1,104 @@
+"""Shared fixtures: settings on a temporary database and a real Redis, the app, signed webhooks."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from core.accounts_import import import_accounts_csv
+from core.config import MessengerKind, Settings
+from core.db import create_engine, create_sessionmaker, transaction
+from core.migrate import upgrade_database
+from core.passwords import use_fast_hashing_for_tests
+from gateway.app import create_app
+from tests.fakes import RecordingMessenger
+from tests.twilio_driver import Call, Twilio
+
+pytest_plugins = ["tests.servers"]
+
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+PUBLIC_BASE_URL = "https://hotline.eirc.example"
+
+# Account numbers and phones used across the tests.
+MOBILE_ONLY = "1000000001"
+LANDLINE_ONLY = "1000000002"
+TWO_MOBILES_EMAIL = "1000000003"
+MOBILE = "+79123456789"
+LANDLINE = "+74951234567"
+SECOND_MOBILE = "+79221054419"
+UNKNOWN = "1999999999"
+
+ACCOUNTS_CSV = f"""account_number,login,full_name,phones,email
+{MOBILE_ONLY},ivanova.mv,Иванова Мария Викторовна,{MOBILE},
+{LANDLINE_ONLY},petrov.as,Петров Алексей Сергеевич,{LANDLINE},
+{TWO_MOBILES_EMAIL},smirnova.ea,Смирнова Елена Андреевна,+79037771230;{SECOND_MOBILE},e.smirnova@example.ru
+"""
+
+use_fast_hashing_for_tests()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str) -> Settings:
+    """Test settings: a fresh SQLite file, the real Redis server, outbox messenger."""
+    return Settings(
+        _env_file=None,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
+        redis_url=redis_url,
+        public_base_url=PUBLIC_BASE_URL,
+        twilio_auth_token=AUTH_TOKEN,
+        messenger=MessengerKind.outbox,
+        code_resend_cooldown_seconds=30,
+    )
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """The real Redis server, emptied before the test."""
+    client = Redis.from_url(redis_url, decode_responses=True)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+async def seed_accounts(settings: Settings, csv_text: str = ACCOUNTS_CSV) -> None:
+    """Migrate the database and import accounts."""
+    await upgrade_database(settings.database_url)
+    engine = create_engine(settings.database_url)
+    async with transaction(create_sessionmaker(engine)) as session:
+        await import_accounts_csv(session, io.StringIO(csv_text), settings)
+    await engine.dispose()
+
+
+@dataclass
+class Gateway:
+    """The app under test, a signed-webhook client and what it sent."""
+
+    app: FastAPI
+    twilio: Twilio
+    messenger: RecordingMessenger
+    settings: Settings
+
+    def call(self, caller: str = MOBILE) -> Call:
+        """A new inbound call."""
+        return Call(self.twilio, caller=caller)
+
+
+@pytest.fixture
+async def gateway(settings: Settings, redis: Redis) -> AsyncIterator[Gateway]:
+    """The real app with its lifespan, on a migrated and seeded database."""
+    await seed_accounts(settings)
+    messenger = RecordingMessenger()
+    app = create_app(settings, messenger=messenger)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gateway.internal"
+        ) as http:
+            yield Gateway(app, Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), messenger, settings)

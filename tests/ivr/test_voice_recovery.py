@@ -1,0 +1,216 @@
+"""Complete recoveries over signed voice webhooks through the real app."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from core.accounts import SqlAccountDirectory
+from core.db import create_engine, create_sessionmaker, transaction
+from tests.conftest import (
+    LANDLINE,
+    LANDLINE_ONLY,
+    MOBILE,
+    MOBILE_ONLY,
+    SECOND_MOBILE,
+    TWO_MOBILES_EMAIL,
+    Gateway,
+)
+from tests.twilio_driver import Call
+
+CODE = re.compile(r"\b(\d{6})\b")
+
+
+def last_code(gateway: Gateway, phone: str) -> str:
+    """The code in the newest SMS to a phone."""
+    sms = gateway.messenger.to(phone)
+    assert sms, f"no SMS to {phone}"
+    match = CODE.search(sms[-1].body)
+    assert match, "no code in the SMS"
+    return match.group(1)
+
+
+async def check_password(gateway: Gateway, account: str, password: str) -> tuple[bool, bool]:
+    """Ask the directory whether it accepts a password: (accepted, change_required)."""
+    engine = create_engine(gateway.settings.database_url)
+    async with transaction(create_sessionmaker(engine)) as session:
+        result = await SqlAccountDirectory(session, gateway.settings).verify_password(
+            account, password
+        )
+    await engine.dispose()
+    return result.accepted, result.change_required
+
+
+async def reach_method_choice(call: Call, account: str, purpose_key: str = "1") -> None:
+    """Main menu → purpose → account by keypad → confirmed."""
+    await call.start()
+    assert "1" in call.text and call.gather.get("numDigits") == "1"
+    await call.press(purpose_key)
+    assert call.gather.get("input") == "dtmf speech"
+    await call.press(account + "#")
+    assert ", ".join(["один", "ноль"]) in call.text  # read back digit by digit
+    await call.press("1")
+
+
+async def spoken_password(call: Call) -> str:
+    """Rebuild the password from its spelled groups ("А, как Анна. Три…")."""
+    first_words = {
+        "ноль": "0",
+        "один": "1",
+        "два": "2",
+        "три": "3",
+        "четыре": "4",
+        "пять": "5",
+        "шесть": "6",
+        "семь": "7",
+        "восемь": "8",
+        "девять": "9",
+    }
+    from voice_prompts import Language, load_catalogue
+
+    catalogue = load_catalogue()
+    names = {
+        catalogue.spell(letter, Language.ru).split(",")[0].lower(): letter
+        for letter in "abcdefghijklmnopqrstuvwxyz"
+    }
+    password = ""
+    for say in call.twiml.iter("Say"):
+        text = say.text or ""
+        if not text.startswith("Группа"):
+            continue
+        for part in text.split(": ", 1)[1].rstrip(".").split(". "):
+            head = part.split(",")[0].strip().lower()
+            password += first_words.get(head) or names[head]
+    return password
+
+
+async def test_password_by_keypad_and_sms_code(gateway: Gateway) -> None:
+    call = gateway.call(caller="+79990001122")  # caller ID is not the phone on file
+    await reach_method_choice(call, MOBILE_ONLY)
+    assert "телефон, указанный в лицевом счёте" in call.text
+    await call.press("1")
+    assert "Мы отправили СМС" in call.text
+    code = last_code(gateway, MOBILE)
+    await call.press(code)
+    password = await spoken_password(call)
+    assert len(password) == gateway.settings.temp_password_length
+    assert "нажмите звёздочку" in call.text
+    # The password also arrives by SMS.
+    assert password in gateway.messenger.to(MOBILE)[-1].body
+    # `*` repeats it; silence ends the call politely.
+    await call.press("*")
+    assert await spoken_password(call) == password
+    await call.silence()
+    assert call.verbs()[-1] == "Hangup" and "До свидания" in call.text
+
+    assert await check_password(gateway, MOBILE_ONLY, password) == (True, True)
+
+
+async def test_login_by_speech(gateway: Gateway) -> None:
+    call = gateway.call()
+    await call.start()
+    await call.press("2")
+    await call.say("один ноль ноль ноль ноль ноль ноль ноль ноль один")
+    assert "Вы ввели номер" in call.text
+    await call.press("1")
+    await call.press("1")
+    await call.say(" ".join(last_code(gateway, MOBILE)))  # "1 2 3 4 5 6" as Twilio returns
+    assert "ivanova" not in call.text  # the login is spelled, letter by letter
+    assert "И, как Иван. Вэ, как Василий" in call.text
+    assert "Точка. Эм, как Мария" in call.text
+    assert gateway.messenger.to(MOBILE)[-1].body.endswith("ivanova.mv")
+
+
+async def test_compound_speech_account_number(gateway: Gateway) -> None:
+    call = gateway.call()
+    await call.start()
+    await call.press("1")
+    # "сто", "ноль ноль", … — a mix Twilio may return: read back as the right digits.
+    await call.say("10 00 00 00 01")
+    assert "Вы ввели номер: один, ноль, ноль" in call.text
+
+
+async def test_voice_call_verification_on_a_landline(gateway: Gateway) -> None:
+    call = gateway.call(caller=LANDLINE)
+    await reach_method_choice(call, LANDLINE_ONLY)
+    await call.press("2")
+    assert call.verbs()[-1] == "Hangup"
+    placed = gateway.messenger.to(LANDLINE, "call")
+    assert len(placed) == 1
+
+    # The gateway calls the phone on file; nothing secret before a key press.
+    callback = Call(gateway.twilio, caller="+78005550100", called=LANDLINE)
+    path = placed[0].url.removeprefix(gateway.settings.public_base_url)
+    await callback.start(path)
+    assert not CODE.search(callback.text) and "нажмите любую клавишу" in callback.text
+    await callback.press("5")
+    spoken = callback.text
+    assert "Ваш код" in spoken
+    digits = {
+        "ноль": "0",
+        "один": "1",
+        "два": "2",
+        "три": "3",
+        "четыре": "4",
+        "пять": "5",
+        "шесть": "6",
+        "семь": "7",
+        "восемь": "8",
+        "девять": "9",
+    }
+    words = spoken.split("Ваш код: ", 1)[1].split(".")[0].split(", ")
+    code = "".join(digits[w] for w in words)
+    assert len(code) == 6
+    await callback.press("*")  # repeat: the same code again
+    assert callback.text == spoken
+    await callback.press(code)
+    password = await spoken_password(callback)
+    assert len(password) == gateway.settings.temp_password_length
+    # No mobile on file: nothing to send the password to.
+    assert gateway.messenger.to(LANDLINE) == []
+    assert await check_password(gateway, LANDLINE_ONLY, password) == (True, True)
+
+
+async def test_recovery_notifies_other_contacts(gateway: Gateway) -> None:
+    call = gateway.call()
+    await reach_method_choice(call, TWO_MOBILES_EMAIL)
+    await call.press("1")
+    first_mobile = "+79037771230"
+    await call.press(last_code(gateway, first_mobile))
+    assert "Готово" in call.text
+    notices = gateway.messenger.to(SECOND_MOBILE)
+    assert len(notices) == 1 and "Если это не вы" in notices[0].body
+    emails = gateway.messenger.to("e.smirnova@example.ru", "email")
+    assert len(emails) == 1 and "горячую линию" in emails[0].body
+
+
+async def test_temporary_password_expires_and_is_single_use(gateway: Gateway) -> None:
+    call = gateway.call()
+    await reach_method_choice(call, MOBILE_ONLY)
+    await call.press("1")
+    await call.press(last_code(gateway, MOBILE))
+    password = await spoken_password(call)
+
+    engine = create_engine(gateway.settings.database_url)
+    sessionmaker = create_sessionmaker(engine)
+    async with transaction(sessionmaker) as session:
+        directory = SqlAccountDirectory(session, gateway.settings)
+        await directory.change_password(MOBILE_ONLY, password, "new-Long-password-2026")
+    assert await check_password(gateway, MOBILE_ONLY, password) == (False, False)
+    assert await check_password(gateway, MOBILE_ONLY, "new-Long-password-2026") == (True, False)
+
+    # A second recovery, whose temporary password then expires unused.
+    call = gateway.call()
+    await reach_method_choice(call, MOBILE_ONLY)
+    await call.press("1")
+    await call.press(last_code(gateway, MOBILE))
+    second = await spoken_password(call)
+    from sqlalchemy import update
+
+    from core.db import utcnow
+    from core.models import Credential
+
+    async with transaction(sessionmaker) as session:
+        await session.execute(update(Credential).values(expires_at=utcnow() - timedelta(minutes=1)))
+    await engine.dispose()
+    assert await check_password(gateway, MOBILE_ONLY, second) == (False, False)

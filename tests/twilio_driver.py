@@ -1,0 +1,111 @@
+"""Drives the gateway like Twilio does: signed form posts, TwiML parsed with an XML parser."""
+
+from __future__ import annotations
+
+import secrets
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+import httpx
+from twilio.request_validator import RequestValidator
+
+
+def sign(token: str, url: str, params: dict[str, str]) -> str:
+    """The X-Twilio-Signature Twilio would send."""
+    return str(RequestValidator(token).compute_signature(url, params))
+
+
+@dataclass
+class Twilio:
+    """Posts signed webhooks to the app under test."""
+
+    http: httpx.AsyncClient
+    public_base_url: str
+    auth_token: str
+
+    async def post(
+        self, path: str, params: dict[str, str], *, signature: str | None = None
+    ) -> httpx.Response:
+        """POST a form signed for the public URL (or with the given signature)."""
+        url = self.public_base_url.rstrip("/") + path
+        headers = {"X-Twilio-Signature": signature or sign(self.auth_token, url, params)}
+        return await self.http.post(path, data=params, headers=headers)
+
+
+@dataclass
+class Call:
+    """One phone call through the voice webhooks."""
+
+    twilio: Twilio
+    caller: str
+    called: str = "+78005550100"
+    call_sid: str = field(default_factory=lambda: "CA" + secrets.token_hex(16))
+    twiml: ET.Element = field(default_factory=lambda: ET.Element("Response"))
+    path: str = "/ivr/voice"
+    history: list[str] = field(default_factory=list)
+
+    def _params(self, **extra: str) -> dict[str, str]:
+        return {
+            "AccountSid": "AC" + "0" * 32,
+            "ApiVersion": "2010-04-01",
+            "CallSid": self.call_sid,
+            "CallStatus": "in-progress",
+            "Direction": "inbound",
+            "From": self.caller,
+            "To": self.called,
+            **extra,
+        }
+
+    async def _load(self, path: str, params: dict[str, str]) -> ET.Element:
+        response = await self.twilio.post(path, params)
+        assert response.status_code == 200, (response.status_code, response.text)
+        assert response.headers["content-type"].startswith("application/xml")
+        self.twiml = ET.fromstring(response.text)
+        assert self.twiml.tag == "Response"
+        self.path = path
+        self.history.append(self.text)
+        return self.twiml
+
+    async def start(self, path: str = "/ivr/voice") -> ET.Element:
+        """The first webhook of the call."""
+        return await self._load(path, self._params(CallStatus="ringing"))
+
+    @property
+    def gather(self) -> ET.Element:
+        """The Gather of the current document."""
+        gather = self.twiml.find("Gather")
+        assert gather is not None, f"no Gather in: {self.text}"
+        return gather
+
+    @property
+    def text(self) -> str:
+        """Everything said in the current document."""
+        return " ".join(say.text or "" for say in self.twiml.iter("Say"))
+
+    def verbs(self) -> list[str]:
+        """Top-level verbs of the current document."""
+        return [child.tag for child in self.twiml]
+
+    async def press(self, digits: str) -> ET.Element:
+        """Answer the current Gather with keys."""
+        return await self._answer(Digits=digits)
+
+    async def say(self, speech: str) -> ET.Element:
+        """Answer the current Gather with speech."""
+        return await self._answer(SpeechResult=speech, Confidence="0.92")
+
+    async def silence(self) -> ET.Element:
+        """Let the Gather time out (actionOnEmptyResult posts an empty answer)."""
+        return await self._answer(Digits="")
+
+    async def _answer(self, **answer: str) -> ET.Element:
+        action = self.gather.get("action")
+        assert action, "Gather without action"
+        return await self._load(urljoin(self.path, action), self._params(**answer))
+
+    def dial_whisper_url(self) -> str:
+        """The whisper URL of the transfer in the current document."""
+        number = self.twiml.find("Dial/Number")
+        assert number is not None, f"no Dial/Number in: {self.text}"
+        return str(number.get("url"))
