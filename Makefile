@@ -1,12 +1,20 @@
-# Developer and CI entry points; .ci/run installs the system packages and then runs `make test`.
-.PHONY: install lint test demo fmt
+# The README's two commands: `make demo` and `make test`. Both work on a fresh Debian machine.
+.PHONY: uv install system lint test demo fmt
 
-UV ?= uv
+UV_VERSION := 0.13.8
+UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 NPM ?= npm
 PYTEST_ARGS ?=
 
-install: node_modules/.package-lock.json
+uv:
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv==$(UV_VERSION) \
+		|| python3 -m pip install --quiet --break-system-packages uv==$(UV_VERSION)
+
+install: uv
 	$(UV) sync --frozen
+
+system:
+	./scripts/install-system-deps
 
 # npm writes node_modules/.package-lock.json on every install, so Prism is reinstalled only when
 # package-lock.json changes.
@@ -14,13 +22,13 @@ node_modules/.package-lock.json: package.json package-lock.json
 	$(NPM) ci --no-audit --no-fund
 	@touch $@
 
-lint:
+lint: install
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run mypy
 
 # pytest exits 5 when it collected no test: a suite that ran nothing has not passed.
-test: install lint
+test: system install node_modules/.package-lock.json lint
 	@status=0; $(UV) run pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ "$$status" -eq 5 ]; then \
 		echo "make test: pytest collected no tests; that is a failure, not a pass." >&2; \
@@ -31,6 +39,6 @@ test: install lint
 demo: install
 	$(UV) run eirc-gateway demo
 
-fmt:
+fmt: install
 	$(UV) run ruff check --fix .
 	$(UV) run ruff format .

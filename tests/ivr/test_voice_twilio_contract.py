@@ -1,0 +1,122 @@
+"""A whole voice recovery with the real Twilio client: every REST request it makes must be one
+the contract mock, generated from Twilio's OpenAPI document, accepts (§7)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import select
+
+from core.config import MessengerKind, Settings
+from core.db import create_engine, create_sessionmaker
+from core.delivery import TwilioMessenger
+from core.models import OutboxMessage
+from gateway.app import create_app
+from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, seed_accounts
+from tests.twilio_driver import Call, Twilio
+
+
+class SpyingTwilioMessenger(TwilioMessenger):
+    """The real Twilio messenger; remembers the texts only so the test can key the code back."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.texts: list[str] = []
+
+    async def send_sms(self, *, to: str, body: str, purpose: str) -> str:
+        sid = await super().send_sms(to=to, body=body, purpose=purpose)
+        self.texts.append(body)
+        return sid
+
+
+@pytest.fixture
+async def twilio_gateway(
+    settings: Settings, twilio_mock_url: str, redis: Redis
+) -> AsyncIterator[tuple[Twilio, SpyingTwilioMessenger, Settings]]:
+    settings = settings.model_copy(
+        update={
+            "messenger": MessengerKind.twilio,
+            "twilio_api_url": twilio_mock_url,
+            "twilio_account_sid": "AC0123456789abcdef0123456789abcdef",
+        }
+    )
+    await seed_accounts(settings)
+    messenger = SpyingTwilioMessenger(settings)
+    app = create_app(settings, messenger=messenger)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            yield Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), messenger, settings
+
+
+async def test_sms_code_recovery_through_the_twilio_contract(
+    twilio_gateway: tuple[Twilio, SpyingTwilioMessenger, Settings],
+) -> None:
+    twilio, messenger, settings = twilio_gateway
+    call = Call(twilio, caller=MOBILE)
+    await call.start()
+    await call.press("1")
+    await call.press(MOBILE_ONLY + "#")
+    await call.press("1")
+    await call.press("1")
+    assert "Мы отправили СМС" in call.text
+    code = messenger.texts[-1].split("код ")[1][:6]
+    await call.press(code)
+    assert "Готово" in call.text
+    # Code SMS and password SMS both accepted by the mock; the records keep no text at rest.
+    engine = create_engine(settings.database_url)
+    async with create_sessionmaker(engine)() as session:
+        rows = (await session.scalars(select(OutboxMessage))).all()
+    await engine.dispose()
+    assert [row.purpose for row in rows] == ["code", "password"]
+    assert all(row.provider_sid and row.provider_sid.startswith("SM") for row in rows)
+    assert all(row.body == "" and row.status == "sent" for row in rows)
+
+
+async def test_voice_call_is_placed_through_the_twilio_contract(
+    twilio_gateway: tuple[Twilio, SpyingTwilioMessenger, Settings],
+) -> None:
+    twilio, _, settings = twilio_gateway
+    call = Call(twilio, caller=MOBILE)
+    await call.start()
+    await call.press("1")
+    await call.press(MOBILE_ONLY + "#")
+    await call.press("1")
+    await call.press("2")
+    assert call.verbs()[-1] == "Hangup" and "позвоним" in call.text
+    engine = create_engine(settings.database_url)
+    async with create_sessionmaker(engine)() as session:
+        rows = (await session.scalars(select(OutboxMessage))).all()
+    await engine.dispose()
+    assert len(rows) == 1 and rows[0].channel == "call"
+    assert rows[0].url and rows[0].url.startswith(f"{PUBLIC_BASE_URL}/ivr/verify?a=")
+
+
+async def test_an_unreachable_twilio_is_an_apology_not_a_500(
+    settings: Settings, redis: Redis
+) -> None:
+    # Nothing listens on the discard port: the REST client fails to connect.
+    settings = settings.model_copy(
+        update={"messenger": MessengerKind.twilio, "twilio_api_url": "http://127.0.0.1:9"}
+    )
+    await seed_accounts(settings)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            call = Call(Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), caller=MOBILE)
+            await call.start()
+            await call.press("1")
+            await call.press(MOBILE_ONLY + "#")
+            await call.press("1")
+            await call.press("1")
+    assert "техническая неполадка" in call.text
+    assert call.verbs()[-1] == "Dial"
+    # The failed request's transaction was rolled back: no record of a send that did not happen.
+    engine = create_engine(settings.database_url)
+    async with create_sessionmaker(engine)() as session:
+        assert (await session.scalars(select(OutboxMessage))).all() == []
+    await engine.dispose()
