@@ -21,7 +21,11 @@ from core.migrate import upgrade_database
 from gateway.cli_accounts import accounts_app
 from gateway.simulator import OutboxItem, PhoneSimulator, RichConsoleIO
 
-app = typer.Typer(help="EIRC Recovery Gateway: account recovery by phone call and SMS.")
+# No locals in tracebacks: a crash must never print a password given on the command line.
+app = typer.Typer(
+    help="EIRC Recovery Gateway: account recovery by phone call and SMS.",
+    pretty_exceptions_show_locals=False,
+)
 db_app = typer.Typer(help="Database schema.")
 phone_app = typer.Typer(help="The phone simulator: call or text a running gateway like Twilio.")
 app.add_typer(db_app, name="db")
