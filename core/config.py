@@ -25,15 +25,24 @@ class MessengerKind(StrEnum):
     outbox = "outbox"
 
 
-class UnsafeSettingsError(ValueError):
-    """Raised when production settings would be unsafe."""
+class UnsafeSettingsError(Exception):
+    """Raised when settings would be unsafe.
+
+    Not a ValueError on purpose: pydantic lets it through unwrapped, so start-up fails with our
+    one clear sentence rather than a validation dump that quotes the values (the secrets).
+    """
 
 
 class Settings(BaseSettings):
     """Everything the gateway can be configured with."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="GATEWAY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # A refusal must not quote the values it was given: they include the secrets.
+        hide_input_in_errors=True,
     )
 
     environment: Environment = Environment.development

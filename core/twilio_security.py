@@ -95,4 +95,7 @@ class SignatureVerifier:
             if not signature or not self._validator.validate(url, _MultiValues(pairs), signature):
                 log.warning("webhook.bad_signature", path=request.url.path, present=bool(signature))
                 raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid Twilio signature")
-        return TwilioForm(dict(pairs))
+        form = TwilioForm(dict(pairs))
+        # Kept for error handlers: an apology still knows which call it belongs to.
+        request.state.twilio_form = form
+        return form

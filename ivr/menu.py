@@ -108,7 +108,7 @@ MENU: Mapping[State, StateSpec] = {
     State.verify_greeting: StateSpec(
         prompt="voice.verify_greeting",
         # Any key but 0 reveals the code: a person, not a voicemail box, must be listening.
-        keys={"0": Action.operator, **{k: Action.reveal_code for k in "123456789*#"}},
+        keys={**ANY_MENU, **{k: Action.reveal_code for k in "123456789#"}},
         exhausted=State.goodbye,
     ),
     State.verify_code: StateSpec(
@@ -134,7 +134,8 @@ ACTION_TARGETS: Mapping[Action, frozenset[State]] = {
 
 ENTRY_TARGETS: Mapping[Entry, frozenset[State]] = {
     Entry.account_number: frozenset({State.account_confirm}),
-    Entry.code: frozenset({State.secret_ready, State.operator}),
+    # The verification call ends with a goodbye when its code was invalidated.
+    Entry.code: frozenset({State.secret_ready, State.operator, State.goodbye}),
 }
 
 ENTRY_STATES = (State.main_menu, State.verify_greeting)

@@ -11,6 +11,7 @@ from fastapi.routing import APIRoute
 
 from core.deps import DbSession, ServicesDep, TwilioRequest
 from core.services import Services
+from core.twilio_security import TwilioForm
 from ivr.flow import CallerInput, VoiceFlow
 from ivr.menu import State
 from ivr.screens import Screens
@@ -36,7 +37,9 @@ class TwimlRoute(APIRoute):
                 raise
             except Exception as exc:
                 log.error("ivr.failed", path=request.url.path, error=type(exc).__name__)
-                return _apology(request.app.state.services, request.query_params.get("c", ""))
+                form = getattr(request.state, "twilio_form", None)
+                call_sid = form.get("CallSid") if isinstance(form, TwilioForm) else ""
+                return _apology(request.app.state.services, call_sid)
 
         return guarded
 
@@ -151,10 +154,12 @@ async def whisper(
     form: TwilioRequest,
     services: ServicesDep,
     call_sid: Annotated[str, Query(alias="c", max_length=64)] = "",
+    reason: Annotated[str, Query(alias="r", max_length=32)] = "",
 ) -> Response:
     """What the operator hears before being connected to the caller."""
     call = await _store(services).load(call_sid) if call_sid else None
-    return _show(services, Screen(lines=[Speech(_screens(services).whisper(call), Language.ru)]))
+    summary = _screens(services).whisper(call, reason or None)
+    return _show(services, Screen(lines=[Speech(summary, Language.ru)]))
 
 
 @router.post("/dial-result")

@@ -14,6 +14,9 @@ from ivr.twiml import DialSpec, Ending, GatherSpec, Pause, Screen, Speech, Utter
 from voice_prompts import Catalogue, Language
 
 PASSWORD_GROUP = 4
+ESCALATION_REASONS = frozenset(
+    {"caller_request", "retries_exhausted", "verification_capped", "limit", "error"}
+)
 
 
 class Screens:
@@ -113,39 +116,36 @@ class Screens:
     def _dial(self, call: CallSession) -> DialSpec:
         return DialSpec(
             number=self._settings.operator_number,
-            whisper_url=f"/ivr/whisper?{urlencode({'c': call.call_sid})}",
+            whisper_url="/ivr/whisper?"
+            + urlencode({"c": call.call_sid, "r": call.reason or "caller_request"}),
             action=f"/ivr/dial-result?{urlencode({'c': call.call_sid})}",
         )
 
-    def whisper(self, call: CallSession | None) -> str:
-        """The case summary the operator hears before the caller is connected (always Russian)."""
+    def whisper(self, call: CallSession | None, reason: str | None = None) -> str:
+        """The case summary the operator hears before the caller is connected (always Russian).
+
+        `reason` comes from the transfer itself: after a failure the stored session may not
+        know why the call was transferred (or may be unreachable).
+        """
         lang = Language.ru
-        if call is None:
-            return self._prompts.text(
-                "whisper.summary",
-                lang,
-                account=self._prompts.text("whisper.no_account", lang),
-                verification=self._prompts.text("whisper.not_verified", lang),
-                reason=self._prompts.text("whisper.reason_error", lang),
-            )
-        account = (
-            self._prompts.text(
-                "whisper.account",
-                lang,
-                digits=self._prompts.digits(mask_account(call.account)[-3:], lang),
-            )
-            if call.account
-            else self._prompts.text("whisper.no_account", lang)
+        reason = reason if reason in ESCALATION_REASONS else None
+        reason = (
+            reason or (call.reason if call else None) or ("caller_request" if call else "error")
         )
+        if call is not None and call.account:
+            digits = self._prompts.digits(mask_account(call.account)[-3:], lang)
+            account = self._prompts.text("whisper.account", lang, digits=digits)
+        else:
+            account = self._prompts.text("whisper.no_account", lang)
         verification = {
             Verification.none: "whisper.not_verified",
             Verification.code_sent: "whisper.code_sent",
             Verification.verified: "whisper.verified",
-        }[call.verification]
+        }[call.verification if call else Verification.none]
         return self._prompts.text(
             "whisper.summary",
             lang,
             account=account,
             verification=self._prompts.text(verification, lang),
-            reason=self._prompts.text(f"whisper.reason_{call.reason or 'caller_request'}", lang),
+            reason=self._prompts.text(f"whisper.reason_{reason}", lang),
         )

@@ -131,24 +131,7 @@ def test_main_menu_keys_are_the_documented_contract() -> None:
     assert keys["9"] is Action.english
 
 
-def _any_menu_param(state: State) -> object:
-    if state is State.verify_greeting:
-        return pytest.param(
-            state,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "ivr/menu.py verify_greeting maps '*' to Action.reveal_code "
-                    "(any key in '123456789*#'), against DESIGN §3 'Any menu: * → repeat'"
-                ),
-            ),
-        )
-    return state
-
-
-@pytest.mark.parametrize(
-    "state", [_any_menu_param(s) for s in NON_FINAL if s is not State.code_entry]
-)
+@pytest.mark.parametrize("state", [s for s in NON_FINAL if s is not State.code_entry])
 def test_any_menu_zero_is_operator_and_star_repeats(state: State) -> None:
     keys = MENU[state].keys
     assert keys.get("0") is Action.operator
@@ -214,7 +197,11 @@ def string_constants(path: Path) -> Iterator[str]:
         for value in node.values
     }
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in pieces:
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in pieces
+        ):
             yield node.value
 
 
@@ -231,15 +218,16 @@ def escalation_reasons(path: Path) -> Iterator[str]:
                 yield arg.value
         for keyword in node.keywords:
             value = keyword.value
-            if keyword.arg == "reason" and isinstance(value, ast.Constant):
-                if isinstance(value.value, str):
-                    yield value.value
+            if (
+                keyword.arg == "reason"
+                and isinstance(value, ast.Constant)
+                and isinstance(value.value, str)
+            ):
+                yield value.value
 
 
 def test_every_prompt_key_in_the_code_exists(catalogue: Catalogue) -> None:
-    used = {
-        text for path in SOURCES for text in string_constants(path) if PROMPT_KEY.match(text)
-    }
+    used = {text for path in SOURCES for text in string_constants(path) if PROMPT_KEY.match(text)}
     assert "voice.code_resend_wait" in used  # the scan sees the flow's notices
     for language in Language:
         missing = used - sentence_keys(catalogue, language)
@@ -309,7 +297,9 @@ def test_sms_texts_fit_their_segments(catalogue: Catalogue) -> None:
 # -- every screen renders as valid TwiML ----------------------------------------------------
 
 
-def sample_call(state: State, language: Language, keyring: Keyring, purpose: Purpose) -> CallSession:
+def sample_call(
+    state: State, language: Language, keyring: Keyring, purpose: Purpose
+) -> CallSession:
     secret = {
         State.verify_code: SAMPLE_CODE,
         State.secret_ready: SAMPLE_PASSWORD if purpose is Purpose.password else SAMPLE_LOGIN,
@@ -406,7 +396,9 @@ def test_secret_screens_say_the_secret(menu_settings: Settings, catalogue: Catal
     keyring = Keyring(menu_settings)
     for purpose, needle in ((Purpose.password, "Группа"), (Purpose.login, "логин")):
         call = sample_call(State.secret_ready, Language.ru, keyring, purpose)
-        text = " ".join(say.text or "" for say in render(menu_settings, catalogue, call).iter("Say"))
+        text = " ".join(
+            say.text or "" for say in render(menu_settings, catalogue, call).iter("Say")
+        )
         assert needle in text
         assert "Мы отправили его в СМС" in text
     code_call = sample_call(State.verify_code, Language.ru, keyring, Purpose.password)

@@ -1,0 +1,174 @@
+"""One-time codes on the real Redis: format, HMAC-only storage, single use, limits, atomicity (§5)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from core.codes import CodeCheck, CodeStore
+from core.config import Settings
+from core.crypto import Keyring
+
+SIX_DIGITS = re.compile(r"\d{6}")
+
+
+@pytest.fixture
+def store(redis: Redis, settings: Settings) -> CodeStore:
+    return CodeStore(redis, settings, Keyring(settings))
+
+
+def wrong(code: str) -> str:
+    return f"{(int(code) + 1) % 10**6:06d}"
+
+
+def text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def everything(redis: Redis) -> str:
+    """Every key and value in Redis, as one string to search."""
+    parts: list[str] = []
+    for key in await redis.keys("*"):
+        parts.append(text(key))
+        kind = text(await redis.type(key))
+        if kind == "hash":
+            stored = await redis.hgetall(key)
+            parts += [f"{text(k)}={text(v)}" for k, v in stored.items()]
+        elif kind == "string":
+            parts.append(text(await redis.get(key)))
+    return "\n".join(parts)
+
+
+async def test_codes_are_six_random_digits(store: CodeStore) -> None:
+    codes = [await store.issue(f"attempt-{i}") for i in range(50)]
+    assert all(SIX_DIGITS.fullmatch(code) for code in codes), codes
+    assert len(set(codes)) > 40
+
+
+async def test_code_is_stored_only_as_an_hmac(
+    store: CodeStore, redis: Redis, settings: Settings
+) -> None:
+    code = await store.issue("attempt-a")
+    dump = await everything(redis)
+    assert "code:attempt-a" in dump
+    assert code not in dump
+    stored = [text(value) for value in (await redis.hgetall("code:attempt-a")).values()]
+    digests = [value for value in stored if re.fullmatch(r"[0-9a-f]{64}", value)]
+    assert len(digests) == 1
+    # Keyed: the same code under another server key hashes differently, so the stored value
+    # cannot be checked offline without the key.
+    other_key = SecretStr("another-secret-key-" + "x" * 20)
+    other = Keyring(settings.model_copy(update={"secret_key": other_key}))
+    assert other.keyed_hash("code", f"attempt-a:{code}") not in stored
+
+
+async def test_right_code_is_accepted_once(store: CodeStore) -> None:
+    code = await store.issue("attempt-a")
+    assert await store.check("attempt-a", code) is CodeCheck.accepted
+    assert await store.check("attempt-a", code) is not CodeCheck.accepted
+
+
+async def test_code_is_bound_to_its_attempt(store: CodeStore) -> None:
+    code = await store.issue("attempt-a")
+    await store.issue("attempt-b")
+    assert await store.check("attempt-c", code) is CodeCheck.missing
+    other = await store.check("attempt-b", code)
+    assert other is not CodeCheck.accepted
+    assert await store.check("attempt-a", code) is CodeCheck.accepted
+
+
+async def test_four_wrong_entries_still_allow_the_right_one(
+    store: CodeStore, settings: Settings
+) -> None:
+    code = await store.issue("attempt-a")
+    for _ in range(settings.code_max_wrong - 1):
+        assert await store.check("attempt-a", wrong(code)) is CodeCheck.wrong
+    assert await store.check("attempt-a", code) is CodeCheck.accepted
+
+
+async def test_fifth_wrong_entry_invalidates_the_code(store: CodeStore, settings: Settings) -> None:
+    assert settings.code_max_wrong == 5
+    code = await store.issue("attempt-a")
+    results = [await store.check("attempt-a", wrong(code)) for _ in range(5)]
+    assert results == [CodeCheck.wrong] * 4 + [CodeCheck.exhausted]
+    assert await store.check("attempt-a", code) is not CodeCheck.accepted
+
+
+@pytest.mark.parametrize("malformed", ["", "12345", "1234567", "12345a", "<>&\"'", "１２３４５６"])
+async def test_malformed_entries_never_match_and_count_as_wrong(
+    store: CodeStore, malformed: str
+) -> None:
+    code = await store.issue("attempt-a")
+    for _ in range(4):
+        assert await store.check("attempt-a", malformed) is CodeCheck.wrong
+    assert await store.check("attempt-a", malformed) is CodeCheck.exhausted
+    assert await store.check("attempt-a", code) is not CodeCheck.accepted
+
+
+async def test_concurrent_correct_submissions_accept_exactly_one(
+    store: CodeStore, redis: Redis
+) -> None:
+    code = await store.issue("attempt-a")
+    # Open 20 connections first, so the submissions really run side by side.
+    await asyncio.gather(*(redis.ping() for _ in range(20)))
+    results = await asyncio.gather(*(store.check("attempt-a", code) for _ in range(20)))
+    assert results.count(CodeCheck.accepted) == 1, results
+
+
+async def test_concurrent_wrong_submissions_are_all_counted(store: CodeStore) -> None:
+    code = await store.issue("attempt-a")
+    results = await asyncio.gather(*(store.check("attempt-a", wrong(code)) for _ in range(20)))
+    assert results.count(CodeCheck.wrong) == 4
+    assert results.count(CodeCheck.exhausted) == 1
+    assert await store.check("attempt-a", code) is not CodeCheck.accepted
+
+
+async def test_code_expires_within_the_configured_time(
+    store: CodeStore, redis: Redis, settings: Settings
+) -> None:
+    assert settings.code_ttl_seconds <= 600
+    await store.issue("attempt-a")
+    ttl = await redis.ttl("code:attempt-a")
+    assert 0 < ttl <= settings.code_ttl_seconds
+
+
+async def test_short_ttl_is_honoured(redis: Redis, settings: Settings) -> None:
+    short = settings.model_copy(update={"code_ttl_seconds": 30})
+    store = CodeStore(redis, short, Keyring(short))
+    await store.issue("attempt-a")
+    assert 0 < await redis.ttl("code:attempt-a") <= 30
+
+
+async def test_expired_code_is_missing(store: CodeStore, redis: Redis) -> None:
+    code = await store.issue("attempt-a")
+    await redis.delete("code:attempt-a")  # what the TTL does
+    assert await store.check("attempt-a", code) is CodeCheck.missing
+
+
+async def test_issuing_again_replaces_the_old_code(store: CodeStore) -> None:
+    old = await store.issue("attempt-a")
+    new = await store.issue("attempt-a")
+    while new == old:
+        new = await store.issue("attempt-a")
+    assert await store.check("attempt-a", old) is CodeCheck.wrong
+    assert await store.check("attempt-a", new) is CodeCheck.accepted
+
+
+async def test_issuing_again_resets_the_wrong_count(store: CodeStore) -> None:
+    code = await store.issue("attempt-a")
+    for _ in range(4):
+        await store.check("attempt-a", wrong(code))
+    code = await store.issue("attempt-a")
+    for _ in range(4):
+        assert await store.check("attempt-a", wrong(code)) is CodeCheck.wrong
+    assert await store.check("attempt-a", code) is CodeCheck.accepted
+
+
+async def test_discard_invalidates(store: CodeStore) -> None:
+    code = await store.issue("attempt-a")
+    await store.discard("attempt-a")
+    assert await store.check("attempt-a", code) is CodeCheck.missing
