@@ -7,6 +7,7 @@ import json
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.crypto import Keyring
+from core.metrics import RECOVERY_EVENTS
 from core.models import AuditEvent
 from core.phones import mask_account
 
@@ -41,3 +42,4 @@ class AuditLog:
             )
         )
         await self._session.flush()
+        RECOVERY_EVENTS.labels(event=event, channel=channel).inc()

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import MessengerKind, Settings
+from core.metrics import OUTBOUND
 from core.models import OutboundChannel, OutboxMessage
 from core.phones import mask_phone, region_of
 
@@ -170,8 +171,14 @@ class Delivery:
         """Send an SMS if policy allows; False when it was withheld."""
         if not self.allowed(to):
             log.warning("outbound.refused_country", to=mask_phone(to), purpose=purpose)
+            OUTBOUND.labels(channel="sms", purpose=purpose, result="refused").inc()
             return False
-        sid = await self._messenger.send_sms(to=to, body=body, purpose=purpose)
+        try:
+            sid = await self._messenger.send_sms(to=to, body=body, purpose=purpose)
+        except DeliveryFailed:
+            OUTBOUND.labels(channel="sms", purpose=purpose, result="failed").inc()
+            raise
+        OUTBOUND.labels(channel="sms", purpose=purpose, result="sent").inc()
         await self._record(OutboundChannel.sms, to, sid, purpose, body=body)
         log.info("outbound.sms", to=mask_phone(to), purpose=purpose)
         return True
@@ -180,8 +187,14 @@ class Delivery:
         """Place a call if policy allows; False when it was withheld."""
         if not self.allowed(to):
             log.warning("outbound.refused_country", to=mask_phone(to), purpose=purpose)
+            OUTBOUND.labels(channel="call", purpose=purpose, result="refused").inc()
             return False
-        sid = await self._messenger.place_call(to=to, url=url, purpose=purpose)
+        try:
+            sid = await self._messenger.place_call(to=to, url=url, purpose=purpose)
+        except DeliveryFailed:
+            OUTBOUND.labels(channel="call", purpose=purpose, result="failed").inc()
+            raise
+        OUTBOUND.labels(channel="call", purpose=purpose, result="sent").inc()
         await self._record(OutboundChannel.call, to, sid, purpose, url=url)
         log.info("outbound.call", to=mask_phone(to), purpose=purpose)
         return True
@@ -189,6 +202,7 @@ class Delivery:
     async def email(self, to: str, body: str, purpose: str) -> bool:
         """Queue an e-mail notice."""
         sid = await self._messenger.send_email(to=to, body=body, purpose=purpose)
+        OUTBOUND.labels(channel="email", purpose=purpose, result="queued").inc()
         await self._record(OutboundChannel.email, to, sid, purpose, body=body)
         log.info("outbound.email", purpose=purpose)
         return True

@@ -15,7 +15,7 @@ from core.audit import AuditLog
 from core.codes import CodeCheck, CodeStore
 from core.config import Settings
 from core.crypto import Keyring
-from core.delivery import Delivery
+from core.delivery import Delivery, DeliveryFailed
 from core.phones import InvalidPhoneNumber, mask_account, parse_phone
 from voice_prompts import Catalogue, Language
 
@@ -39,6 +39,8 @@ class SendOutcome(StrEnum):
     sent = "sent"
     cooldown = "cooldown"
     capped = "capped"
+    # The provider refused or could not be reached: the caller is told and offered the operator.
+    failed = "failed"
 
 
 class VerifyOutcome(StrEnum):
@@ -157,42 +159,57 @@ class RecoveryService:
         """SMS a code to the first mobile on file; the outcome never tells whether there is one."""
         if await self._is_capped(attempt.account_number):
             return SendOutcome.capped
-        if not await self._cool_down(attempt.id):
+        if not await self._cool_down(attempt.id, "sms"):
             return SendOutcome.cooldown
         record = await self._directory.lookup(attempt.account_number)
         code = await self._codes.issue(attempt.id)
         mobile = record.first_mobile if record else None
-        delivered = False
+        delivered = failed = False
         if mobile is not None:
             body = self._prompts.text("sms.code", attempt.language, code=code)
-            delivered = await self._delivery.sms(mobile.e164, body, purpose="code")
+            try:
+                delivered = await self._delivery.sms(mobile.e164, body, purpose="code")
+            except DeliveryFailed:
+                failed = True
         await self._audit.record(
             "code.sent_sms",
             channel=attempt.channel,
             session_ref=attempt.session_ref,
             account_number=attempt.account_number,
             delivered=delivered,
+            failed=failed,
         )
+        if failed:
+            await self._codes.discard(attempt.id)
+            await self._release_cool_down(attempt.id, "sms")
+            return SendOutcome.failed
         return SendOutcome.sent
 
     async def request_voice_call(self, attempt: Attempt, twiml_url: str) -> SendOutcome:
         """Call the first phone on file (mobile or landline) to speak the code after a key press."""
         if await self._is_capped(attempt.account_number):
             return SendOutcome.capped
-        if not await self._cool_down(attempt.id):
+        if not await self._cool_down(attempt.id, "call"):
             return SendOutcome.cooldown
         record = await self._directory.lookup(attempt.account_number)
         phone = record.phones[0] if record and record.phones else None
-        placed = False
+        placed = failed = False
         if phone is not None:
-            placed = await self._delivery.call(phone.e164, twiml_url, purpose="code_call")
+            try:
+                placed = await self._delivery.call(phone.e164, twiml_url, purpose="code_call")
+            except DeliveryFailed:
+                failed = True
         await self._audit.record(
             "code.call_placed",
             channel=attempt.channel,
             session_ref=attempt.session_ref,
             account_number=attempt.account_number,
             placed=placed,
+            failed=failed,
         )
+        if failed:
+            await self._release_cool_down(attempt.id, "call")
+            return SendOutcome.failed
         return SendOutcome.sent
 
     async def issue_spoken_code(self, attempt: Attempt, call_ref: str) -> str:
@@ -252,9 +269,8 @@ class RecoveryService:
             secret = record.login
             body = self._prompts.text("sms.login", attempt.language, login=secret)
         mobile = record.first_mobile
-        sent = False
-        if mobile is not None:
-            sent = await self._delivery.sms(mobile.e164, body, purpose=f"{attempt.purpose}")
+        # The caller hears the secret in the call anyway: a failed SMS copy is not fatal.
+        sent = mobile is not None and await self._try_sms(mobile.e164, body, f"{attempt.purpose}")
         await self._notify_contacts(
             record, attempt, already_told=mobile.e164 if sent and mobile else None
         )
@@ -285,7 +301,7 @@ class RecoveryService:
             )
             for mobile in record.mobiles:
                 if mobile.e164 != already_told:
-                    notified += await self._delivery.sms(mobile.e164, text, purpose="notice")
+                    notified += await self._try_sms(mobile.e164, text, "notice")
         if record.email:
             channel_name = self._prompts.text(f"email.channel_{attempt.channel}", attempt.language)
             text = self._prompts.text(
@@ -311,12 +327,23 @@ class RecoveryService:
     def _failures_key(self, account_number: str) -> str:
         return f"fails:{self._keyring.reference(account_number)}"
 
-    async def _cool_down(self, attempt_id: str) -> bool:
-        """True when a code may be sent now; starts the resend cool-down."""
+    async def _try_sms(self, to: str, body: str, purpose: str) -> bool:
+        try:
+            return await self._delivery.sms(to, body, purpose=purpose)
+        except DeliveryFailed:
+            log.warning("outbound.failed", purpose=purpose)
+            return False
+
+    async def _cool_down(self, attempt_id: str, method: str) -> bool:
+        """True when a code may be sent now by this method; starts its resend cool-down."""
         cooldown = self._settings.code_resend_cooldown_seconds
         if cooldown == 0:
             return True
-        return bool(await self._redis.set(f"cooldown:{attempt_id}", 1, nx=True, ex=cooldown))
+        key = f"cooldown:{attempt_id}:{method}"
+        return bool(await self._redis.set(key, 1, nx=True, ex=cooldown))
+
+    async def _release_cool_down(self, attempt_id: str, method: str) -> None:
+        await self._redis.delete(f"cooldown:{attempt_id}:{method}")
 
     async def _is_capped(self, account_number: str) -> bool:
         failures = await self._redis.get(self._failures_key(account_number))

@@ -9,6 +9,7 @@ import structlog
 
 from core.config import Settings
 from core.crypto import Keyring
+from core.metrics import ESCALATIONS
 from core.recovery import (
     Attempt,
     Channel,
@@ -108,6 +109,7 @@ class VoiceFlow:
     def _to_operator(self, call: CallSession, reason: str, notice: str | None = None) -> None:
         call.reason = reason
         self._go(call, State.operator, *([notice] if notice else []))
+        ESCALATIONS.labels(channel="voice", reason=reason).inc()
         log.info("ivr.escalated", call=call.call_sid, reason=reason)
 
     async def _act(self, call: CallSession, action: Action) -> None:
@@ -173,7 +175,9 @@ class VoiceFlow:
         if attempt is None:
             return
         outcome = await self._recovery.send_sms_code(attempt)
-        if outcome is SendOutcome.capped:
+        if outcome is SendOutcome.failed:
+            self._to_operator(call, "error", notice="voice.error_apology")
+        elif outcome is SendOutcome.capped:
             self._to_operator(call, "verification_capped", notice="voice.verification_capped")
         elif outcome is SendOutcome.cooldown:
             self._go(call, State.code_entry, "voice.code_resend_wait")
@@ -187,7 +191,9 @@ class VoiceFlow:
             return
         url = f"{self._base}/ivr/verify?{urlencode({'a': attempt.id})}"
         outcome = await self._recovery.request_voice_call(attempt, url)
-        if outcome is SendOutcome.capped:
+        if outcome is SendOutcome.failed:
+            self._to_operator(call, "error", notice="voice.error_apology")
+        elif outcome is SendOutcome.capped:
             self._to_operator(call, "verification_capped", notice="voice.verification_capped")
         elif outcome is SendOutcome.cooldown:
             self._go(call, call.state, "voice.code_resend_wait")

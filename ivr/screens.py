@@ -53,7 +53,12 @@ class Screens:
             action=f"/ivr/step?{urlencode({'s': call.step})}",
             language=lang,
             speech=spec.speech,
-            num_digits=1 if not spec.entry else (6 if spec.entry is Entry.code else None),
+            # Keys end with `#`, or on their own once the longest account number is keyed (§3).
+            num_digits={
+                None: 1,
+                Entry.code: 6,
+                Entry.account_number: self._settings.account_number_max_length,
+            }[spec.entry],
             finish_on_key="" if spec.entry is Entry.code else "#",
         )
         # After the tries run out, or silence after a secret was read, the call moves on by itself.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.delivery import DeliveryFailed
+
 
 @dataclass(frozen=True, slots=True)
 class Sent:
@@ -26,7 +28,7 @@ class RecordingMessenger:
 
     async def _record(self, item: Sent) -> str:
         if self.fail:
-            raise RuntimeError("provider down")
+            raise DeliveryFailed("provider down")
         self.sent.append(item)
         return f"{'SM' if item.channel != 'call' else 'CA'}{len(self.sent):032d}"
 

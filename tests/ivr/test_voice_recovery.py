@@ -214,3 +214,21 @@ async def test_temporary_password_expires_and_is_single_use(gateway: Gateway) ->
         await session.execute(update(Credential).values(expires_at=utcnow() - timedelta(minutes=1)))
     await engine.dispose()
     assert await check_password(gateway, MOBILE_ONLY, second) == (False, False)
+
+
+async def test_metrics_count_steps_without_numbers(gateway: Gateway) -> None:
+    call = gateway.call()
+    await reach_method_choice(call, MOBILE_ONLY)
+    await call.press("1")
+    await call.press(last_code(gateway, MOBILE))
+    await gateway.call().start()
+    text = (await gateway.twilio.http.get("/metrics")).text
+    completed = re.search(
+        r'gateway_recovery_events_total\{channel="voice",event="recovery.completed"\} (\d+)', text
+    )
+    assert completed and int(float(completed.group(1))) >= 1
+    assert 'gateway_outbound_messages_total{channel="sms",purpose="code",result="sent"}' in text
+    # No phone or account number (or code) in any sample.
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            assert not re.search(r"\d{6,}", line.split(" ")[0]), line

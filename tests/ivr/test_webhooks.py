@@ -876,9 +876,20 @@ async def test_messenger_failure_is_an_apology_and_a_transfer(gateway: Gateway) 
     assert ru("voice.error_apology") in call.text
     assert_operator_dial(call, gateway)
     assert ru("whisper.reason_error") in await fetch_whisper(gateway, call)
+    # The failure is audited as such (the step is recorded, §6.7), and nothing claims a send.
     events = await audit_events(gateway.settings)
-    assert [e for e, _ in events] == ["recovery.started"]
-    assert not [d for e, d in events if e == "code.sent_sms" or d.get("delivered")]
+    assert [e for e, _ in events] == ["recovery.started", "code.sent_sms"]
+    assert events[-1][1]["failed"] is True
+    assert not [d for _, d in events if d.get("delivered")]
+
+
+async def test_the_call_back_is_not_held_up_by_the_sms_cool_down(gateway: Gateway) -> None:
+    call = await at_method_choice(gateway)
+    await call.press("1")
+    # The SMS may be blocked by the operator (§10): switching to a call works at once.
+    await call.press("2")
+    assert call.verbs()[-1] == "Hangup"
+    assert len(gateway.messenger.to(LANDLINE, "call") + gateway.messenger.to(MOBILE, "call")) == 1
 
 
 async def test_whisper_after_a_failure_still_names_the_case(gateway: Gateway) -> None:
