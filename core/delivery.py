@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.config import MessengerKind, Settings
 from core.metrics import OUTBOUND
 from core.models import OutboundChannel, OutboxMessage
+from core.optout import OptOuts
 from core.phones import mask_phone, region_of
 
 log = structlog.get_logger(__name__)
@@ -125,14 +126,21 @@ def build_messenger(settings: Settings) -> Messenger:
     return OutboxMessenger()
 
 
+# The only SMS that may reach a number that has opted out: the confirmation of its STOP.
+OPT_OUT_CONFIRMATION = "optout_confirmation"
+
+FAILED_STATUSES = frozenset({"undelivered", "failed"})
+
+
 class Delivery:
-    """Policy in front of the messenger (allowed countries), and the outbox record of every send."""
+    """Policy in front of the messenger (allowed countries, opt-outs), and the outbox record."""
 
     def __init__(self, messenger: Messenger, settings: Settings, session: AsyncSession) -> None:
         self._messenger = messenger
         self._settings = settings
         self._session = session
         self._allowed = frozenset(settings.allowed_countries)
+        self._opt_outs = OptOuts(session)
 
     def allowed(self, e164: str) -> bool:
         """Whether outbound messages may go to this number at all."""
@@ -147,6 +155,7 @@ class Delivery:
         *,
         body: str = "",
         url: str | None = None,
+        attempt_ref: str | None = None,
     ) -> None:
         # With a real provider the text has left: a code or password is not kept at rest.
         keep = self._messenger.keeps_messages or channel is OutboundChannel.email
@@ -163,15 +172,22 @@ class Delivery:
                 purpose=purpose,
                 status="queued" if keep else "sent",
                 provider_sid=sid,
+                attempt_ref=attempt_ref,
             )
         )
         await self._session.flush()
 
-    async def sms(self, to: str, body: str, purpose: str) -> bool:
+    async def sms(
+        self, to: str, body: str, purpose: str, *, attempt_ref: str | None = None
+    ) -> bool:
         """Send an SMS if policy allows; False when it was withheld."""
         if not self.allowed(to):
             log.warning("outbound.refused_country", to=mask_phone(to), purpose=purpose)
             OUTBOUND.labels(channel="sms", purpose=purpose, result="refused").inc()
+            return False
+        if purpose != OPT_OUT_CONFIRMATION and await self._opt_outs.is_opted_out(to):
+            log.info("outbound.opted_out", to=mask_phone(to), purpose=purpose)
+            OUTBOUND.labels(channel="sms", purpose=purpose, result="opted_out").inc()
             return False
         try:
             sid = await self._messenger.send_sms(to=to, body=body, purpose=purpose)
@@ -179,7 +195,9 @@ class Delivery:
             OUTBOUND.labels(channel="sms", purpose=purpose, result="failed").inc()
             raise
         OUTBOUND.labels(channel="sms", purpose=purpose, result="sent").inc()
-        await self._record(OutboundChannel.sms, to, sid, purpose, body=body)
+        await self._record(
+            OutboundChannel.sms, to, sid, purpose, body=body, attempt_ref=attempt_ref
+        )
         log.info("outbound.sms", to=mask_phone(to), purpose=purpose)
         return True
 
@@ -216,3 +234,18 @@ async def list_outbox(
     if to_number:
         query = query.where(OutboxMessage.to_number == to_number)
     return list((await session.scalars(query)).all())
+
+
+async def record_status(
+    session: AsyncSession, provider_sid: str, status: str, error_code: str | None
+) -> OutboxMessage | None:
+    """Apply a provider status callback to the message it is about; None if it is not ours."""
+    row = await session.scalar(
+        select(OutboxMessage).where(OutboxMessage.provider_sid == provider_sid)
+    )
+    if row is None:
+        return None
+    row.status = status[:16]
+    row.error_code = error_code[:16] if error_code else None
+    await session.flush()
+    return row

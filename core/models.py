@@ -105,8 +105,12 @@ class OutboxMessage(Base):
     url: Mapped[str | None] = mapped_column(Text)
     purpose: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default="queued")
+    error_code: Mapped[str | None] = mapped_column(String(16))
     provider_sid: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The recovery attempt a code message belongs to, so a failed delivery can offer a call.
+    attempt_ref: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
 
     def __repr__(self) -> str:
         # The body can carry a code or a password: never part of the repr.
@@ -129,3 +133,34 @@ class AuditEvent(Base):
 
     def __repr__(self) -> str:
         return f"AuditEvent(id={self.id}, event={self.event})"
+
+
+class SmsOptOut(Base):
+    """A number that texted STOP: nothing goes to it until it texts START."""
+
+    __tablename__ = "sms_opt_outs"
+
+    e164: Mapped[str] = mapped_column(String(20), primary_key=True)
+    opted_out_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return "SmsOptOut(...)"
+
+
+class CallbackRequest(Base):
+    """A resident asked an operator to call back; the context says what already happened."""
+
+    __tablename__ = "callback_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    channel: Mapped[str] = mapped_column(String(16))
+    phone: Mapped[str] = mapped_column(String(20))
+    account_ref: Mapped[str | None] = mapped_column(String(64), index=True)
+    account_masked: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(32))
+    context: Mapped[str] = mapped_column(Text, default="{}")
+    status: Mapped[str] = mapped_column(String(16), default="waiting", index=True)
+
+    def __repr__(self) -> str:
+        return f"CallbackRequest(id={self.id}, channel={self.channel}, status={self.status})"

@@ -16,7 +16,7 @@ from core.codes import CodeCheck, CodeStore
 from core.config import Settings
 from core.crypto import Keyring
 from core.delivery import Delivery, DeliveryFailed
-from core.phones import InvalidPhoneNumber, mask_account, parse_phone
+from core.phones import InvalidPhoneNumber, Phone, mask_account, parse_phone
 from voice_prompts import Catalogue, Language
 
 log = structlog.get_logger(__name__)
@@ -155,20 +155,26 @@ class RecoveryService:
 
     # -- codes ------------------------------------------------------------------------------
 
-    async def send_sms_code(self, attempt: Attempt) -> SendOutcome:
-        """SMS a code to the first mobile on file; the outcome never tells whether there is one."""
+    async def send_sms_code(self, attempt: Attempt, *, only_to: str | None = None) -> SendOutcome:
+        """SMS a code to a mobile on file; the outcome never tells whether there is one.
+
+        Voice: the first mobile on file. SMS channel: `only_to` is the sender, who gets the code
+        only when that number is itself a mobile on file — never merely for having texted (§6.3).
+        """
         if await self._is_capped(attempt.account_number):
             return SendOutcome.capped
         if not await self._cool_down(attempt.id, "sms"):
             return SendOutcome.cooldown
         record = await self._directory.lookup(attempt.account_number)
         code = await self._codes.issue(attempt.id)
-        mobile = record.first_mobile if record else None
+        mobile = _code_destination(record, only_to)
         delivered = failed = False
         if mobile is not None:
             body = self._prompts.text("sms.code", attempt.language, code=code)
             try:
-                delivered = await self._delivery.sms(mobile.e164, body, purpose="code")
+                delivered = await self._delivery.sms(
+                    mobile.e164, body, purpose="code", attempt_ref=attempt.id
+                )
             except DeliveryFailed:
                 failed = True
         await self._audit.record(
@@ -248,11 +254,14 @@ class RecoveryService:
 
     # -- completion -------------------------------------------------------------------------
 
-    async def complete(self, attempt: Attempt, session_ref: str) -> Completion | None:
+    async def complete(
+        self, attempt: Attempt, session_ref: str, *, deliver_to: str | None = None
+    ) -> Completion | None:
         """Issue the temporary password (or look up the login), send it, notify the contacts.
 
         Only called after `verify` accepted: the code was consumed atomically, so this runs once.
-        None when the account vanished from the directory in the meantime.
+        The secret goes by SMS to `deliver_to` when that is a mobile on file (the phone that just
+        proved itself), else to the first mobile on file. None when the account vanished.
         """
         record = await self._directory.lookup(attempt.account_number)
         if record is None:
@@ -268,7 +277,7 @@ class RecoveryService:
         else:
             secret = record.login
             body = self._prompts.text("sms.login", attempt.language, login=secret)
-        mobile = record.first_mobile
+        mobile = _code_destination(record, deliver_to) if deliver_to else record.first_mobile
         # The caller hears the secret in the call anyway: a failed SMS copy is not fatal.
         sent = mobile is not None and await self._try_sms(mobile.e164, body, f"{attempt.purpose}")
         await self._notify_contacts(
@@ -295,13 +304,13 @@ class RecoveryService:
     ) -> None:
         """Tell every other contact on file, by a channel other than the one used (§6.8)."""
         notified = 0
-        if attempt.channel is Channel.voice:
-            text = self._prompts.text(
-                "sms.recovery_notice", attempt.language, hotline=self._settings.hotline_number
-            )
-            for mobile in record.mobiles:
-                if mobile.e164 != already_told:
-                    notified += await self._try_sms(mobile.e164, text, "notice")
+        # Voice: every mobile is another channel. SMS: every other mobile is another device.
+        text = self._prompts.text(
+            "sms.recovery_notice", attempt.language, hotline=self._settings.hotline_number
+        )
+        for mobile in record.mobiles:
+            if mobile.e164 != already_told:
+                notified += await self._try_sms(mobile.e164, text, "notice")
         if record.email:
             channel_name = self._prompts.text(f"email.channel_{attempt.channel}", attempt.language)
             text = self._prompts.text(
@@ -318,6 +327,26 @@ class RecoveryService:
             account_number=attempt.account_number,
             contacts=notified,
         )
+
+    # -- delivery failures ------------------------------------------------------------------
+
+    async def mark_undelivered(self, attempt_id: str, error_code: str | None) -> None:
+        """The code SMS of this attempt bounced: the next prompt or reply offers a call."""
+        attempt = await self.load(attempt_id)
+        if attempt is None:
+            return
+        await self._redis.set(f"undelivered:{attempt_id}", 1, ex=self._settings.code_ttl_seconds)
+        await self._audit.record(
+            "code.undelivered",
+            channel=attempt.channel,
+            session_ref=attempt.session_ref,
+            account_number=attempt.account_number,
+            error_code=error_code,
+        )
+
+    async def code_undelivered(self, attempt_id: str) -> bool:
+        """Whether the attempt's code SMS was reported undelivered."""
+        return bool(await self._redis.exists(f"undelivered:{attempt_id}"))
 
     # -- limits -----------------------------------------------------------------------------
 
@@ -356,6 +385,14 @@ class RecoveryService:
             pipe.expire(key, DAY_SECONDS, nx=True)
             count, _ = await pipe.execute()
         return int(count)
+
+
+def _code_destination(record: AccountRecord | None, only_to: str | None) -> Phone | None:
+    if record is None:
+        return None
+    if only_to is None:
+        return record.first_mobile
+    return next((mobile for mobile in record.mobiles if mobile.e164 == only_to), None)
 
 
 def _caller_on_file(record: AccountRecord | None, caller: str | None, region: str) -> bool:

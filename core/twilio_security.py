@@ -73,7 +73,7 @@ async def read_form(request: Request) -> list[tuple[str, str]]:
         pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS, errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "malformed form body") from None
-    return [(key, value[:MAX_VALUE_CHARS]) for key, value in pairs]
+    return pairs
 
 
 class SignatureVerifier:
@@ -95,7 +95,8 @@ class SignatureVerifier:
             if not signature or not self._validator.validate(url, _MultiValues(pairs), signature):
                 log.warning("webhook.bad_signature", path=request.url.path, present=bool(signature))
                 raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid Twilio signature")
-        form = TwilioForm(dict(pairs))
+        # Truncate only after the check: the signature covers the values as sent.
+        form = TwilioForm({key: value[:MAX_VALUE_CHARS] for key, value in pairs})
         # Kept for error handlers: an apology still knows which call it belongs to.
         request.state.twilio_form = form
         return form

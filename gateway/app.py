@@ -16,6 +16,7 @@ from core.deps import ServicesDep
 from core.services import Services
 from gateway.logging import configure_logging
 from ivr.router import router as ivr_router
+from sms.router import router as sms_router
 
 
 def create_app(settings: Settings | None = None, *, messenger: Messenger | None = None) -> FastAPI:
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
         redoc_url=None,
     )
     app.include_router(ivr_router)
+    app.include_router(sms_router)
 
     @app.get("/healthz", response_class=PlainTextResponse)
     async def healthz() -> str:

@@ -223,16 +223,23 @@ async def _demo(settings: Settings, phone: str, port: int, speak: bool) -> None:
         "Type keys and press Enter (e.g. `1`, `1000234528#`); `s:` and words to speak "
         "(`s:один два три`); an empty line is silence. "
         "SMS and calls from the gateway arrive on this phone as they would.\n"
+        "Or text the short number: `s ВОССТАНОВИТЬ 1000234528`, then `s` and the code.\n"
     )
     try:
         async with _simulator(settings, f"http://127.0.0.1:{port}", phone, speak) as simulator:
             while True:
                 choice = await asyncio.to_thread(
-                    console.input, "[bold]c[/bold] call the hotline, [bold]q[/bold] quit: "
+                    console.input,
+                    "[bold]c[/bold] call the hotline, [bold]s[/bold] TEXT to text the short "
+                    "number, [bold]q[/bold] quit: ",
                 )
-                if choice.strip().lower() in {"q", "quit", "exit"}:
+                command, _, text = choice.strip().partition(" ")
+                if command.lower() in {"q", "quit", "exit"}:
                     break
-                await simulator.call()
+                if command.lower() == "s" and text:
+                    await simulator.sms(text)
+                elif command.lower() == "c":
+                    await simulator.call()
     except (EOFError, KeyboardInterrupt):
         pass
     finally:

@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.markup import escape
 from twilio.request_validator import RequestValidator
 
+from core.segments import sms_segments as sms_segments  # re-exported for callers and tests
+
 API_VERSION = "2010-04-01"
 SIGNATURE_HEADER = "X-Twilio-Signature"
 USER_AGENT = "TwilioProxy/1.1"
@@ -40,12 +42,6 @@ DTMF_KEYS = frozenset("0123456789*#")
 COUNTRY = "RU"
 DECLINE_ANSWERS = frozenset({"n", "no", "н", "нет"})
 HANGUP_ANSWERS = frozenset({"h", "hangup"})
-
-_GSM7 = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡"
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
 
 OutboxChannel: TypeAlias = Literal["sms", "call"]
 EndedBy: TypeAlias = Literal["hangup", "dial", "enqueue", "end", "error", "caller"]
@@ -758,17 +754,6 @@ class PhoneSimulator:
         call.log("error", text)
         call.result.errors.append(text)
         self._io.info(text)
-
-
-def sms_segments(body: str) -> int:
-    """How many SMS segments Twilio bills for this body (GSM-7 or UCS-2)."""
-    if all(char in _GSM7 or char in _GSM7_EXTENSION for char in body):
-        units = sum(2 if char in _GSM7_EXTENSION else 1 for char in body)
-        single, part = 160, 153
-    else:
-        units = len(body.encode("utf-16-le")) // 2
-        single, part = 70, 67
-    return 1 if units <= single else math.ceil(units / part)
 
 
 def _new_sid(prefix: str) -> str:

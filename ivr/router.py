@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from fastapi.routing import APIRoute
 
+from core.delivery import record_status
 from core.deps import DbSession, ServicesDep, TwilioRequest
 from core.services import Services
 from core.twilio_security import TwilioForm
+from core.webhooks import fallback_route
 from ivr.flow import CallerInput, VoiceFlow
 from ivr.menu import State
 from ivr.screens import Screens
@@ -24,27 +24,12 @@ log = structlog.get_logger(__name__)
 XML = "application/xml"
 
 
-class TwimlRoute(APIRoute):
-    """Any failure behind a voice webhook becomes a spoken apology and a transfer, never a 500."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def guarded(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except HTTPException:
-                raise
-            except Exception as exc:
-                log.error("ivr.failed", path=request.url.path, error=type(exc).__name__)
-                form = getattr(request.state, "twilio_form", None)
-                call_sid = form.get("CallSid") if isinstance(form, TwilioForm) else ""
-                return _apology(request.app.state.services, call_sid)
-
-        return guarded
+def _guard(request: Request, form: TwilioForm | None) -> Response:
+    """Any failure behind a voice webhook: a spoken apology and a transfer, never a 500."""
+    return _apology(request.app.state.services, form.get("CallSid") if form else "")
 
 
-router = APIRouter(prefix="/ivr", route_class=TwimlRoute)
+router = APIRouter(prefix="/ivr", route_class=fallback_route(_guard))
 
 
 def twiml(body: str) -> Response:
@@ -185,9 +170,11 @@ async def dial_result(
 
 
 @router.post("/status", status_code=status.HTTP_204_NO_CONTENT)
-async def call_status(form: TwilioRequest, services: ServicesDep) -> Response:
+async def call_status(form: TwilioRequest, services: ServicesDep, db: DbSession) -> Response:
     """Call status callback: a finished call's state (and any sealed secret) is dropped."""
     call_sid = _call_sid(form)
+    # Our own outbound calls (code calls) keep their status in the outbox.
+    await record_status(db, call_sid, form.get("CallStatus"), None)
     if form.get("CallStatus") in {"completed", "busy", "failed", "no-answer", "canceled"}:
         await _store(services).end(call_sid)
     log.info("ivr.status", call=call_sid, status=form.get("CallStatus")[:16])

@@ -179,7 +179,7 @@ async def test_recovery_notifies_other_contacts(gateway: Gateway) -> None:
     await call.press(last_code(gateway, first_mobile))
     assert "Готово" in call.text
     notices = gateway.messenger.to(SECOND_MOBILE)
-    assert len(notices) == 1 and "Если это не вы" in notices[0].body
+    assert len(notices) == 1 and "Не вы? Звоните" in notices[0].body
     emails = gateway.messenger.to("e.smirnova@example.ru", "email")
     assert len(emails) == 1 and "горячую линию" in emails[0].body
 

@@ -1,0 +1,33 @@
+"""SMS opt-outs: the short number honours STOP itself (the provider does not do it for us)."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.models import SmsOptOut
+
+
+class OptOuts:
+    """Reads and writes opt-outs in the caller's transaction."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def is_opted_out(self, e164: str) -> bool:
+        """Whether the number has texted STOP (and not START since)."""
+        found = await self._session.scalar(select(SmsOptOut.e164).where(SmsOptOut.e164 == e164))
+        return found is not None
+
+    async def opt_out(self, e164: str) -> bool:
+        """Record STOP; False when the number had already opted out."""
+        if await self.is_opted_out(e164):
+            return False
+        self._session.add(SmsOptOut(e164=e164))
+        await self._session.flush()
+        return True
+
+    async def opt_in(self, e164: str) -> bool:
+        """Record START; False when the number had not opted out."""
+        result = await self._session.execute(delete(SmsOptOut).where(SmsOptOut.e164 == e164))
+        return bool(getattr(result, "rowcount", 0))

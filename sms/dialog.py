@@ -1,0 +1,182 @@
+"""The SMS dialog: one inbound command, one short reply (or none), the hotline's recovery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+import structlog
+
+from core.callbacks import CallbackRequests
+from core.config import Settings
+from core.metrics import ESCALATIONS
+from core.optout import OptOuts
+from core.recovery import Channel, Purpose, RecoveryService, SendOutcome, VerifyOutcome
+from sms.grammar import Command, Keyword
+from sms.thread import SmsThread, SmsThreads
+from voice_prompts import Language
+
+log = structlog.get_logger(__name__)
+
+# Commands that still get an answer while the code SMS is known not to have arrived.
+_UNAFFECTED_BY_UNDELIVERED = {
+    Keyword.call,
+    Keyword.stop,
+    Keyword.start,
+    Keyword.cancel,
+    Keyword.operator,
+    Keyword.help,
+    Keyword.restore,
+    Keyword.login,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply by prompt key, in the sender's language."""
+
+    key: str
+    language: Language
+    params: dict[str, str] = field(default_factory=dict)
+
+
+class SmsDialog:
+    """Decides what an inbound SMS does and what to answer."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        recovery: RecoveryService,
+        opt_outs: OptOuts,
+        callbacks: CallbackRequests,
+        threads: SmsThreads,
+    ) -> None:
+        self._settings = settings
+        self._recovery = recovery
+        self._opt_outs = opt_outs
+        self._callbacks = callbacks
+        self._threads = threads
+
+    async def handle(self, sender: str, message_sid: str, command: Command) -> Reply | None:
+        """Apply one command from `sender` (E.164); None means no reply at all."""
+        if command.keyword is Keyword.stop:
+            # One confirmation, once; after that the number hears nothing from us.
+            if not await self._opt_outs.opt_out(sender):
+                return None
+            await self._threads.clear(sender)
+            return self._reply("sms.reply_stopped", command)
+        if command.keyword is Keyword.start:
+            await self._opt_outs.opt_in(sender)
+            return self._reply("sms.reply_started", command)
+        if await self._opt_outs.is_opted_out(sender):
+            return None
+
+        thread = await self._threads.load(sender)
+        if command.keyword is not Keyword.code and command.keyword is not Keyword.unknown:
+            thread.language = Language(command.language)
+        if (
+            thread.attempt_id
+            and command.keyword not in _UNAFFECTED_BY_UNDELIVERED
+            and await self._recovery.code_undelivered(thread.attempt_id)
+        ):
+            return self._reply("sms.reply_undelivered", thread)
+
+        match command.keyword:
+            case Keyword.restore | Keyword.login:
+                return await self._request(thread, message_sid, command)
+            case Keyword.code:
+                return await self._code(thread, message_sid, command.argument)
+            case Keyword.call:
+                return await self._call(thread)
+            case Keyword.operator:
+                return await self._operator(thread)
+            case Keyword.cancel:
+                await self._threads.clear(sender)
+                return self._reply("sms.reply_cancelled", thread)
+            case Keyword.help:
+                return self._reply("sms.reply_help", thread)
+            case _:
+                return self._reply("sms.reply_unknown", thread)
+
+    def _reply(self, key: str, source: Command | SmsThread) -> Reply:
+        language = Language(source.language)
+        return Reply(key, language, {"hotline": self._settings.hotline_number})
+
+    async def _request(self, thread: SmsThread, message_sid: str, command: Command) -> Reply:
+        account = command.argument
+        if not account:
+            return self._reply("sms.reply_account_needed", thread)
+        if len(account) > self._settings.account_number_max_length or not (
+            self._settings.account_number_regex.fullmatch(account)
+        ):
+            return self._reply("sms.reply_account_invalid", thread)
+        purpose = Purpose.password if command.keyword is Keyword.restore else Purpose.login
+        attempt = await self._recovery.start(
+            account_number=account,
+            purpose=purpose,
+            channel=Channel.sms,
+            session_ref=message_sid,
+            language=thread.language,
+            caller=thread.sender,
+        )
+        thread.attempt_id, thread.purpose = attempt.id, purpose
+        await self._threads.save(thread)
+        outcome = await self._recovery.send_sms_code(attempt, only_to=thread.sender)
+        return self._after_send(thread, outcome, "sms.reply_requested")
+
+    def _after_send(self, thread: SmsThread, outcome: SendOutcome, sent_key: str) -> Reply:
+        if outcome is SendOutcome.capped:
+            ESCALATIONS.labels(channel="sms", reason="verification_capped").inc()
+            return self._reply("sms.reply_capped", thread)
+        if outcome is SendOutcome.failed:
+            return self._reply("sms.reply_error", thread)
+        # A cool-down answers like a send: the earlier code is still on its way.
+        return self._reply(sent_key, thread)
+
+    async def _code(self, thread: SmsThread, message_sid: str, code: str) -> Reply | None:
+        attempt = await self._recovery.load(thread.attempt_id) if thread.attempt_id else None
+        if attempt is None:
+            return self._reply("sms.reply_no_request", thread)
+        if len(code) != 6 or not code.isdigit():
+            return self._reply("sms.reply_code_malformed", thread)
+        outcome = await self._recovery.verify(attempt, code, message_sid)
+        if outcome is VerifyOutcome.accepted:
+            await self._threads.clear(thread.sender)
+            completion = await self._recovery.complete(
+                attempt, message_sid, deliver_to=thread.sender
+            )
+            if completion is None or not completion.sent_by_sms:
+                return self._reply("sms.reply_error", thread)
+            # The password (or login) SMS is the answer; no second message.
+            return None
+        if outcome is VerifyOutcome.capped:
+            ESCALATIONS.labels(channel="sms", reason="verification_capped").inc()
+            return self._reply("sms.reply_capped", thread)
+        if outcome is VerifyOutcome.invalidated:
+            await self._threads.clear(thread.sender)
+            return self._reply("sms.reply_code_expired", thread)
+        return self._reply("sms.reply_code_wrong", thread)
+
+    async def _call(self, thread: SmsThread) -> Reply:
+        attempt = await self._recovery.load(thread.attempt_id) if thread.attempt_id else None
+        if attempt is None:
+            return self._reply("sms.reply_no_request", thread)
+        base = self._settings.public_base_url.rstrip("/")
+        url = f"{base}/ivr/verify?{urlencode({'a': attempt.id})}"
+        outcome = await self._recovery.request_voice_call(attempt, url)
+        return self._after_send(thread, outcome, "sms.reply_call_arranged")
+
+    async def _operator(self, thread: SmsThread) -> Reply:
+        attempt = await self._recovery.load(thread.attempt_id) if thread.attempt_id else None
+        await self._callbacks.create(
+            channel="sms",
+            phone=thread.sender,
+            reason="caller_request",
+            account_number=attempt.account_number if attempt else None,
+            purpose=thread.purpose,
+            code_requested=attempt is not None,
+        )
+        ESCALATIONS.labels(channel="sms", reason="caller_request").inc()
+        log.info("sms.callback_requested", has_attempt=attempt is not None)
+        return self._reply("sms.reply_callback", thread)

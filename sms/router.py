@@ -1,0 +1,113 @@
+"""SMS webhooks: parse the message, let the dialog decide, answer with MessagingResponse TwiML."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from twilio.twiml.messaging_response import MessagingResponse
+
+from core.callbacks import CallbackRequests
+from core.delivery import FAILED_STATUSES, record_status
+from core.deps import DbSession, ServicesDep, TwilioRequest
+from core.optout import OptOuts
+from core.phones import InvalidPhoneNumber, mask_phone, parse_phone
+from core.twilio_security import TwilioForm
+from core.webhooks import fallback_route
+from sms.dialog import Reply, SmsDialog
+from sms.grammar import parse_sms
+from sms.thread import SmsThreads
+from voice_prompts import DEFAULT_LANGUAGE
+
+log = structlog.get_logger(__name__)
+
+XML = "application/xml"
+
+
+def _messaging(text: str) -> Response:
+    response = MessagingResponse()
+    if text:
+        response.message(text)
+    return Response(content=str(response), media_type=XML)
+
+
+def _guard(request: Request, form: TwilioForm | None) -> Response:
+    """Any failure behind an SMS webhook: a short apology with the hotline number."""
+    services = request.app.state.services
+    text = services.prompts.text(
+        "sms.reply_error", DEFAULT_LANGUAGE, hotline=services.settings.hotline_number
+    )
+    return _messaging(text)
+
+
+router = APIRouter(prefix="/sms", route_class=fallback_route(_guard))
+
+
+def _threads(services: ServicesDep) -> SmsThreads:
+    return SmsThreads(services.redis, services.settings.code_ttl_seconds + 600)
+
+
+def _dialog(services: ServicesDep, db: DbSession) -> SmsDialog:
+    return SmsDialog(
+        settings=services.settings,
+        recovery=services.recovery(db),
+        opt_outs=OptOuts(db),
+        callbacks=CallbackRequests(db, services.keyring),
+        threads=_threads(services),
+    )
+
+
+Threads = Annotated[SmsThreads, Depends(_threads)]
+Dialog = Annotated[SmsDialog, Depends(_dialog)]
+
+
+def _message_sid(form: TwilioForm) -> str:
+    sid = form.get("MessageSid") or form.get("SmsSid")
+    if sid[:2] not in ("SM", "MM") or len(sid) > 64:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "MessageSid missing")
+    return sid
+
+
+@router.post("/inbound")
+async def inbound_sms(
+    form: TwilioRequest, services: ServicesDep, dialog: Dialog, threads: Threads
+) -> Response:
+    """An SMS to the short number."""
+    sid = _message_sid(form)
+    try:
+        sender = parse_phone(form.get("From"), services.settings.default_region).e164
+    except InvalidPhoneNumber:
+        # An alphanumeric or malformed sender cannot get a reply or a code.
+        return _messaging("")
+    earlier = await threads.claim(sid)
+    if earlier is not None:
+        log.info("sms.replay", message=sid)
+        return _messaging(earlier)
+    try:
+        reply = await dialog.handle(sender, sid, parse_sms(form.get("Body")))
+    except Exception:
+        await threads.release(sid)
+        raise
+    text = _render(services, reply)
+    await threads.remember(sid, text)
+    log.info("sms.inbound", sender=mask_phone(sender), reply=reply.key if reply else None)
+    return _messaging(text)
+
+
+def _render(services: ServicesDep, reply: Reply | None) -> str:
+    if reply is None:
+        return ""
+    return services.prompts.text(reply.key, reply.language, **reply.params)
+
+
+@router.post("/status", status_code=status.HTTP_204_NO_CONTENT)
+async def sms_status(form: TwilioRequest, services: ServicesDep, db: DbSession) -> Response:
+    """Delivery status of a message we sent; a bounced code is offered again by voice call."""
+    sid = _message_sid(form)
+    state = form.get("MessageStatus") or form.get("SmsStatus")
+    row = await record_status(db, sid, state, form.get("ErrorCode") or None)
+    if row is not None and state in FAILED_STATUSES and row.purpose == "code" and row.attempt_ref:
+        await services.recovery(db).mark_undelivered(row.attempt_ref, row.error_code)
+        log.warning("sms.code_undelivered", error=form.get("ErrorCode")[:8])
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,237 @@
+"""Recovery through the short number, over signed SMS webhooks through the real app (§4)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select
+
+from core.accounts import SqlAccountDirectory
+from core.db import create_engine, create_sessionmaker, transaction
+from core.models import CallbackRequest, OutboxMessage
+from tests.conftest import (
+    LANDLINE,
+    MOBILE,
+    MOBILE_ONLY,
+    SECOND_MOBILE,
+    TWO_MOBILES_EMAIL,
+    UNKNOWN,
+    Gateway,
+)
+from tests.twilio_driver import Phone
+from voice_prompts import Language, load_catalogue
+
+PROMPTS = load_catalogue()
+HOTLINE = "+78005550100"
+
+
+def reply(key: str, language: Language = Language.ru) -> str:
+    return PROMPTS.text(key, language, hotline=HOTLINE)
+
+
+def code_in(gateway: Gateway, number: str) -> str:
+    messages = [m for m in gateway.messenger.to(number) if m.purpose == "code"]
+    assert messages, f"no code SMS to {number}"
+    match = re.search(r"\b(\d{6})\b", messages[-1].body)
+    assert match
+    return match.group(1)
+
+
+async def accepted(gateway: Gateway, account: str, password: str) -> tuple[bool, bool]:
+    engine = create_engine(gateway.settings.database_url)
+    async with transaction(create_sessionmaker(engine)) as session:
+        check = await SqlAccountDirectory(session, gateway.settings).verify_password(
+            account, password
+        )
+    await engine.dispose()
+    return check.accepted, check.change_required
+
+
+@pytest.fixture
+def phone(gateway: Gateway) -> Phone:
+    return Phone(gateway.twilio, MOBILE)
+
+
+@pytest.mark.parametrize(
+    ("request_text", "language"),
+    [
+        (f"ВОССТАНОВИТЬ {MOBILE_ONLY}", Language.ru),
+        (f"  востановить: {MOBILE_ONLY[:4]} {MOBILE_ONLY[4:]}!", Language.ru),
+        (f"vosstanovit {MOBILE_ONLY}", Language.ru),
+        (f"Restore {MOBILE_ONLY}", Language.en),
+    ],
+)
+async def test_password_by_sms(
+    gateway: Gateway, phone: Phone, request_text: str, language: Language
+) -> None:
+    assert await phone.text(request_text) == [reply("sms.reply_requested", language)]
+    code = code_in(gateway, MOBILE)
+    assert await phone.text(f"КОД {code}" if language is Language.ru else code) == []
+    password_sms = gateway.messenger.to(MOBILE)[-1]
+    assert password_sms.purpose == "password"
+    password = password_sms.body.split()[3].rstrip(".")
+    assert await accepted(gateway, MOBILE_ONLY, password) == (True, True)
+
+
+async def test_login_by_sms(gateway: Gateway, phone: Phone) -> None:
+    await phone.text(f"логин {MOBILE_ONLY}")
+    assert await phone.text(code_in(gateway, MOBILE)) == []
+    assert gateway.messenger.to(MOBILE)[-1].body.endswith("ivanova.mv")
+
+
+async def test_the_reply_is_the_same_whoever_asks(gateway: Gateway) -> None:
+    stranger = Phone(gateway.twilio, "+79990001122")
+    replies = [
+        await Phone(gateway.twilio, MOBILE).text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}"),
+        await stranger.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}"),
+        await stranger.text(f"ВОССТАНОВИТЬ {UNKNOWN}"),
+        await Phone(gateway.twilio, LANDLINE).text(f"ВОССТАНОВИТЬ {UNKNOWN}"),
+    ]
+    assert all(r == replies[0] for r in replies)
+    # Exactly one code went out: to the mobile on file that asked for it.
+    codes = [m for m in gateway.messenger.sent if m.purpose == "code"]
+    assert [m.to for m in codes] == [MOBILE]
+
+
+async def test_code_goes_to_the_asking_mobile_and_others_are_told(gateway: Gateway) -> None:
+    second = Phone(gateway.twilio, SECOND_MOBILE)
+    await second.text(f"ВОССТАНОВИТЬ {TWO_MOBILES_EMAIL}")
+    await second.text(code_in(gateway, SECOND_MOBILE))
+    assert gateway.messenger.to(SECOND_MOBILE)[-1].purpose == "password"
+    first = gateway.messenger.to("+79037771230")
+    assert [m.purpose for m in first] == ["notice"]
+    assert gateway.messenger.to("e.smirnova@example.ru", "email")
+
+
+async def test_wrong_and_malformed_codes(gateway: Gateway, phone: Phone) -> None:
+    assert await phone.text("123456") == [reply("sms.reply_no_request")]
+    await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")
+    code = code_in(gateway, MOBILE)
+    wrong = "000000" if code != "000000" else "111111"
+    assert await phone.text(wrong) == [reply("sms.reply_code_wrong")]
+    assert await phone.text("КОД 12") == [reply("sms.reply_code_malformed")]
+    assert await phone.text(code) == []
+
+
+async def test_stop_silences_both_channels_until_start(gateway: Gateway, phone: Phone) -> None:
+    assert await phone.text("СТОП") == [reply("sms.reply_stopped")]
+    assert await phone.text("stop") == []  # one confirmation, once
+    assert await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}") == []
+    assert await phone.text("ПОМОЩЬ") == []
+    sent_before = len(gateway.messenger.sent)
+
+    # The hotline sends no SMS to the opted-out number either.
+    call = gateway.call()
+    await call.start()
+    for keys in ("1", MOBILE_ONLY + "#", "1", "1"):
+        await call.press(keys)
+    assert len(gateway.messenger.sent) == sent_before
+    assert gateway.messenger.to(MOBILE) == [m for m in gateway.messenger.sent if m.to == MOBILE]
+    assert not [m for m in gateway.messenger.sent if m.to == MOBILE]
+
+    assert await phone.text("START") == [reply("sms.reply_started", Language.en)]
+    assert await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}") == [reply("sms.reply_requested")]
+    assert code_in(gateway, MOBILE)
+
+
+async def test_operator_creates_a_callback_request(gateway: Gateway, phone: Phone) -> None:
+    await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")
+    assert await phone.text("оператор") == [reply("sms.reply_callback")]
+    engine = create_engine(gateway.settings.database_url)
+    async with create_sessionmaker(engine)() as session:
+        requests = (await session.scalars(select(CallbackRequest))).all()
+    await engine.dispose()
+    assert len(requests) == 1
+    assert requests[0].phone == MOBILE and requests[0].channel == "sms"
+    assert requests[0].account_masked == "*******001"
+    assert '"code_requested": true' in requests[0].context
+
+
+async def test_help_and_unknown(gateway: Gateway, phone: Phone) -> None:
+    help_text = await phone.text("помощь")
+    assert help_text == [reply("sms.reply_help")] and HOTLINE in help_text[0]
+    assert await phone.text("привет") == [reply("sms.reply_unknown")]
+    assert await phone.text("HELP") == [reply("sms.reply_help", Language.en)]
+
+
+async def test_retried_webhook_gets_the_same_reply_and_sends_once(
+    gateway: Gateway, phone: Phone
+) -> None:
+    sid = "SM" + "ab" * 16
+    first = await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}", sid=sid)
+    second = await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}", sid=sid)
+    assert first == second == [reply("sms.reply_requested")]
+    assert len([m for m in gateway.messenger.sent if m.purpose == "code"]) == 1
+
+
+async def status(gateway: Gateway, sid: str, state: str, error: str = "") -> int:
+    params = {"MessageSid": sid, "MessageStatus": state, "AccountSid": "AC" + "0" * 32}
+    if error:
+        params["ErrorCode"] = error
+    return (await gateway.twilio.post("/sms/status", params)).status_code
+
+
+async def code_row(gateway: Gateway) -> OutboxMessage:
+    engine = create_engine(gateway.settings.database_url)
+    async with create_sessionmaker(engine)() as session:
+        row = await session.scalar(
+            select(OutboxMessage)
+            .where(OutboxMessage.purpose == "code")
+            .order_by(OutboxMessage.id.desc())
+        )
+    await engine.dispose()
+    assert row is not None and row.provider_sid
+    return row
+
+
+async def test_undelivered_code_is_offered_as_a_call(gateway: Gateway, phone: Phone) -> None:
+    await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")
+    row = await code_row(gateway)
+    assert await status(gateway, row.provider_sid or "", "undelivered", "30007") == 204
+    updated = await code_row(gateway)
+    assert (updated.status, updated.error_code) == ("undelivered", "30007")
+    assert await phone.text("123456") == [reply("sms.reply_undelivered")]
+    assert await phone.text("ЗВОНОК") == [reply("sms.reply_call_arranged")]
+    assert len(gateway.messenger.to(MOBILE, "call")) == 1
+
+
+async def test_delivered_status_is_recorded(gateway: Gateway, phone: Phone) -> None:
+    await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")
+    row = await code_row(gateway)
+    assert await status(gateway, row.provider_sid or "", "delivered") == 204
+    assert (await code_row(gateway)).status == "delivered"
+    assert await status(gateway, "SM" + "0" * 32, "delivered") == 204  # not ours: ignored
+
+
+async def test_undelivered_code_is_offered_as_a_call_on_the_hotline(gateway: Gateway) -> None:
+    call = gateway.call()
+    await call.start()
+    for keys in ("1", MOBILE_ONLY + "#", "1", "1"):
+        await call.press(keys)
+    row = await code_row(gateway)
+    await status(gateway, row.provider_sid or "", "failed", "30007")
+    await call.press("12")  # any input on the code prompt
+    assert PROMPTS.text("voice.code_undelivered", Language.ru) in call.text
+    await call.press("2")
+    assert call.verbs()[-1] == "Hangup"
+
+
+async def test_sms_webhooks_need_a_signature(gateway: Gateway, phone: Phone) -> None:
+    params = {"MessageSid": "SM" + "1" * 32, "From": MOBILE, "Body": f"ВОССТАНОВИТЬ {MOBILE_ONLY}"}
+    for path in ("/sms/inbound", "/sms/status"):
+        response = await gateway.twilio.post(path, params, signature="bm90LWEtc2lnbmF0dXJl")
+        assert response.status_code == 403
+        unsigned = await gateway.twilio.http.post(path, data=params)
+        assert unsigned.status_code == 403
+    assert gateway.messenger.sent == []
+
+
+@pytest.mark.parametrize(
+    "body", ["<Message>&amp;</Message>", "]]>", "😀" * 50, "x" * 5000, "\x00\x01", ""]
+)
+async def test_odd_bodies_get_a_well_formed_answer(
+    gateway: Gateway, phone: Phone, body: str
+) -> None:
+    replies = await phone.text(body)
+    assert len(replies) <= 1
