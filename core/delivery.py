@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from datetime import timedelta
 from typing import Protocol
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import MessengerKind, Settings
+from core.crypto import Keyring
+from core.db import utcnow
 from core.metrics import OUTBOUND
 from core.models import OutboundChannel, OutboxMessage
 from core.optout import OptOuts
@@ -130,15 +133,21 @@ def build_messenger(settings: Settings) -> Messenger:
 OPT_OUT_CONFIRMATION = "optout_confirmation"
 
 FAILED_STATUSES = frozenset({"undelivered", "failed"})
+DELIVERED_STATUSES = frozenset({"delivered", "read"})
+# Texts that carry a secret: purged once delivered, or once the secret has expired anyway.
+SECRET_PURPOSES = frozenset({"code", "password"})
 
 
 class Delivery:
     """Policy in front of the messenger (allowed countries, opt-outs), and the outbox record."""
 
-    def __init__(self, messenger: Messenger, settings: Settings, session: AsyncSession) -> None:
+    def __init__(
+        self, messenger: Messenger, settings: Settings, session: AsyncSession, keyring: Keyring
+    ) -> None:
         self._messenger = messenger
         self._settings = settings
         self._session = session
+        self._keyring = keyring
         self._allowed = frozenset(settings.allowed_countries)
         self._opt_outs = OptOuts(session)
 
@@ -167,7 +176,8 @@ class Delivery:
                     OutboundChannel.sms: self._settings.sms_number,
                     OutboundChannel.call: self._settings.hotline_number,
                 }.get(channel, ""),
-                body=body if keep else "",
+                # Sealed at rest: the outbox holds codes and passwords until they are purged.
+                body=self._keyring.seal(body) if keep and body else "",
                 url=url,
                 purpose=purpose,
                 status="queued" if keep else "sent",
@@ -247,5 +257,36 @@ async def record_status(
         return None
     row.status = status[:16]
     row.error_code = error_code[:16] if error_code else None
+    if row.status in DELIVERED_STATUSES and row.purpose in SECRET_PURPOSES:
+        row.body = ""
     await session.flush()
     return row
+
+
+async def purge_expired_secrets(session: AsyncSession, settings: Settings) -> int:
+    """Blank the text of code and password messages whose secret can no longer be used."""
+    now = utcnow()
+    horizons = {
+        "code": now - timedelta(seconds=settings.code_ttl_seconds),
+        "password": now - timedelta(hours=settings.temp_password_ttl_hours),
+    }
+    purged = 0
+    for purpose, horizon in horizons.items():
+        result = await session.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.purpose == purpose,
+                OutboxMessage.created_at < horizon,
+                OutboxMessage.body != "",
+            )
+            .values(body="")
+        )
+        purged += int(getattr(result, "rowcount", 0) or 0)
+    return purged
+
+
+def readable_body(row: OutboxMessage, keyring: Keyring) -> str:
+    """The text of an outbox row for the people allowed to read it (CLI, simulator)."""
+    if not row.body:
+        return ""
+    return keyring.unseal(row.body) or "<unreadable: sealed with another key>"

@@ -63,7 +63,7 @@ class Services:
             redis=self.redis,
             keyring=self.keyring,
             directory=SqlAccountDirectory(session, self.settings),
-            delivery=Delivery(self.messenger, self.settings, session),
+            delivery=Delivery(self.messenger, self.settings, session, self.keyring),
             audit=AuditLog(session, self.keyring),
             prompts=self.prompts,
         )

@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
+import structlog
 from fastapi import FastAPI, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from core.config import Settings
-from core.delivery import Messenger
+from core.db import transaction
+from core.delivery import Messenger, purge_expired_secrets
 from core.deps import ServicesDep
 from core.services import Services
 from gateway.logging import configure_logging
 from ivr.router import router as ivr_router
 from sms.router import router as sms_router
+
+log = structlog.get_logger(__name__)
+
+
+PURGE_INTERVAL_SECONDS = 300
+
+
+async def _purge_outbox_secrets(services: Services) -> None:
+    """Every few minutes, blank outbox texts whose code or password has expired."""
+    while True:
+        try:
+            async with transaction(services.sessionmaker) as session:
+                purged = await purge_expired_secrets(session, services.settings)
+            if purged:
+                log.info("outbox.purged", messages=purged)
+        except Exception as exc:
+            log.warning("outbox.purge_failed", error=type(exc).__name__)
+        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
 
 
 def create_app(settings: Settings | None = None, *, messenger: Messenger | None = None) -> FastAPI:
@@ -28,9 +49,13 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, messenger=messenger)
         app.state.services = services
+        purger = asyncio.create_task(_purge_outbox_secrets(services))
         try:
             yield
         finally:
+            purger.cancel()
+            with suppress(asyncio.CancelledError):
+                await purger
             await services.close()
 
     app = FastAPI(

@@ -15,8 +15,9 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.config import Settings
+from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker, transaction
-from core.delivery import list_outbox
+from core.delivery import list_outbox, purge_expired_secrets, readable_body
 from core.migrate import upgrade_database
 from gateway.cli_accounts import accounts_app
 from gateway.simulator import OutboxItem, PhoneSimulator, RichConsoleIO
@@ -41,8 +42,9 @@ DEMO_PHONE = "+79123456789"
 class SqlOutboxReader:
     """Reads the outbox table for the phone simulator."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], keyring: Keyring) -> None:
         self._sessionmaker = sessionmaker
+        self._keyring = keyring
 
     async def messages_for(self, phone_number: str, after_id: int) -> list[OutboxItem]:
         """Outbox rows to one phone, oldest first."""
@@ -54,7 +56,7 @@ class SqlOutboxReader:
                 channel="call" if row.channel == "call" else "sms",
                 to_number=row.to_number,
                 from_number=row.from_number,
-                body=row.body,
+                body=readable_body(row, self._keyring),
                 url=row.url,
                 sid=row.provider_sid,
             )
@@ -98,7 +100,9 @@ def outbox(
         settings = Settings()
         await upgrade_database(settings.database_url)
         engine = create_engine(settings.database_url)
+        keyring = Keyring(settings)
         async with transaction(create_sessionmaker(engine)) as session:
+            await purge_expired_secrets(session, settings)
             found = await list_outbox(session)
         await engine.dispose()
         return [
@@ -109,7 +113,7 @@ def outbox(
                 "to": row.to_number,
                 "purpose": row.purpose,
                 "status": row.status,
-                "text": row.body or row.url,
+                "text": readable_body(row, keyring) or row.url,
             }
             for row in found
         ]
@@ -143,7 +147,7 @@ def _simulator(settings: Settings, gateway: str, phone: str, speak: bool) -> Pho
         service_number=settings.hotline_number,
         sms_number=settings.sms_number,
         io=RichConsoleIO(console, speak=speak),
-        outbox=SqlOutboxReader(sessionmaker),
+        outbox=SqlOutboxReader(sessionmaker, Keyring(settings)),
     )
 
 
