@@ -32,5 +32,7 @@ async def verified_twilio_form(request: Request, services: ServicesDep) -> Twili
     return await services.verifier(request)
 
 
-DbSession = Annotated[AsyncSession, Depends(get_db)]
+# Function scope: the commit happens before the response leaves, so Twilio's next webhook (or a
+# status callback) always sees this one's writes, and a failed commit is not answered as success.
+DbSession = Annotated[AsyncSession, Depends(get_db, scope="function")]
 TwilioRequest = Annotated[TwilioForm, Depends(verified_twilio_form)]

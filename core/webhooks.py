@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import structlog
-from fastapi import HTTPException, Request, Response
+from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from core.twilio_security import TwilioForm
 
@@ -17,22 +17,22 @@ Fallback = Callable[[Request, TwilioForm | None], Response]
 
 
 def fallback_route(fallback: Fallback) -> type[APIRoute]:
-    """An APIRoute whose failures (but not 4xx refusals) are answered by `fallback`."""
+    """An APIRoute whose failures (but not 4xx refusals) are answered by `fallback`.
+
+    The guard wraps the route's `handle`, outside FastAPI's dependency exit stacks, so an
+    exception first passes through the request's transaction (which rolls back) and only then
+    becomes the fallback answer. HTTPExceptions never get here: FastAPI turns them into 4xx.
+    """
 
     class GuardedRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handler = super().get_route_handler()
-
-            async def guarded(request: Request) -> Response:
-                try:
-                    return await handler(request)
-                except HTTPException:
-                    raise
-                except Exception as exc:
-                    log.error("webhook.failed", path=request.url.path, error=type(exc).__name__)
-                    form = getattr(request.state, "twilio_form", None)
-                    return fallback(request, form if isinstance(form, TwilioForm) else None)
-
-            return guarded
+        async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                await super().handle(scope, receive, send)
+            except Exception as exc:
+                request = Request(scope)
+                log.error("webhook.failed", path=request.url.path, error=type(exc).__name__)
+                form = getattr(request.state, "twilio_form", None)
+                response = fallback(request, form if isinstance(form, TwilioForm) else None)
+                await response(scope, receive, send)
 
     return GuardedRoute

@@ -232,3 +232,30 @@ async def test_metrics_count_steps_without_numbers(gateway: Gateway) -> None:
     for line in text.splitlines():
         if not line.startswith("#"):
             assert not re.search(r"\d{6,}", line.split(" ")[0]), line
+
+
+async def test_a_crash_mid_recovery_rolls_everything_back(gateway: Gateway) -> None:
+    engine = create_engine(gateway.settings.database_url)
+    sessionmaker = create_sessionmaker(engine)
+    async with transaction(sessionmaker) as session:
+        directory = SqlAccountDirectory(session, gateway.settings)
+        old = await directory.issue_temporary_password(MOBILE_ONLY)
+        await directory.change_password(MOBILE_ONLY, old, "the-old-Password-1")
+
+    call = gateway.call()
+    await reach_method_choice(call, MOBILE_ONLY)
+    await call.press("1")
+    code = last_code(gateway, MOBILE)
+
+    class Crash(Exception):
+        pass
+
+    async def crash(**_: str) -> str:
+        raise Crash  # not a delivery failure: an unexpected bug after the password was issued
+
+    gateway.messenger.send_sms = crash  # type: ignore[method-assign]
+    await call.press(code)
+    assert "техническая неполадка" in call.text and call.verbs()[-1] == "Dial"
+    # The temporary password issued before the crash was rolled back with the rest.
+    assert await check_password(gateway, MOBILE_ONLY, "the-old-Password-1") == (True, False)
+    await engine.dispose()
