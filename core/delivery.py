@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Protocol
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import MessengerKind, Settings
@@ -139,15 +140,23 @@ SECRET_PURPOSES = frozenset({"code", "password"})
 
 
 class Delivery:
-    """Policy in front of the messenger (allowed countries, opt-outs), and the outbox record."""
+    """Policy (allowed countries, opt-outs) and the queue: requests queue, the dispatcher sends.
+
+    Every path costs the same: a message that must not go anywhere (no phone on file, unknown
+    account) is queued as "withheld" with the same work, so timing tells nothing (§6.2).
+    """
 
     def __init__(
-        self, messenger: Messenger, settings: Settings, session: AsyncSession, keyring: Keyring
+        self,
+        settings: Settings,
+        session: AsyncSession,
+        keyring: Keyring,
+        notify: Callable[[], None],
     ) -> None:
-        self._messenger = messenger
         self._settings = settings
         self._session = session
         self._keyring = keyring
+        self._notify = notify
         self._allowed = frozenset(settings.allowed_countries)
         self._opt_outs = OptOuts(session)
 
@@ -155,19 +164,17 @@ class Delivery:
         """Whether outbound messages may go to this number at all."""
         return region_of(e164) in self._allowed
 
-    async def _record(
+    async def _queue(
         self,
         channel: OutboundChannel,
         to: str,
-        sid: str,
         purpose: str,
         *,
         body: str = "",
         url: str | None = None,
         attempt_ref: str | None = None,
+        status: str = "queued",
     ) -> None:
-        # With a real provider the text has left: a code or password is not kept at rest.
-        keep = self._messenger.keeps_messages or channel is OutboundChannel.email
         self._session.add(
             OutboxMessage(
                 channel=channel,
@@ -176,21 +183,22 @@ class Delivery:
                     OutboundChannel.sms: self._settings.sms_number,
                     OutboundChannel.call: self._settings.hotline_number,
                 }.get(channel, ""),
-                # Sealed at rest: the outbox holds codes and passwords until they are purged.
-                body=self._keyring.seal(body) if keep and body else "",
+                # Sealed at rest until sent (then dropped) or purged.
+                body=self._keyring.seal(body) if body else "",
                 url=url,
                 purpose=purpose,
-                status="queued" if keep else "sent",
-                provider_sid=sid,
+                status=status,
                 attempt_ref=attempt_ref,
             )
         )
         await self._session.flush()
+        if status == "queued":
+            self._notify()
 
     async def sms(
         self, to: str, body: str, purpose: str, *, attempt_ref: str | None = None
     ) -> bool:
-        """Send an SMS if policy allows; False when it was withheld."""
+        """Queue an SMS if policy allows; False when it was withheld."""
         if not self.allowed(to):
             log.warning("outbound.refused_country", to=mask_phone(to), purpose=purpose)
             OUTBOUND.labels(channel="sms", purpose=purpose, result="refused").inc()
@@ -199,40 +207,31 @@ class Delivery:
             log.info("outbound.opted_out", to=mask_phone(to), purpose=purpose)
             OUTBOUND.labels(channel="sms", purpose=purpose, result="opted_out").inc()
             return False
-        try:
-            sid = await self._messenger.send_sms(to=to, body=body, purpose=purpose)
-        except DeliveryFailed:
-            OUTBOUND.labels(channel="sms", purpose=purpose, result="failed").inc()
-            raise
-        OUTBOUND.labels(channel="sms", purpose=purpose, result="sent").inc()
-        await self._record(
-            OutboundChannel.sms, to, sid, purpose, body=body, attempt_ref=attempt_ref
-        )
-        log.info("outbound.sms", to=mask_phone(to), purpose=purpose)
+        await self._queue(OutboundChannel.sms, to, purpose, body=body, attempt_ref=attempt_ref)
         return True
 
-    async def call(self, to: str, url: str, purpose: str) -> bool:
-        """Place a call if policy allows; False when it was withheld."""
+    async def call(
+        self, to: str, url: str, purpose: str, *, attempt_ref: str | None = None
+    ) -> bool:
+        """Queue a call if policy allows; False when it was withheld."""
         if not self.allowed(to):
             log.warning("outbound.refused_country", to=mask_phone(to), purpose=purpose)
             OUTBOUND.labels(channel="call", purpose=purpose, result="refused").inc()
             return False
-        try:
-            sid = await self._messenger.place_call(to=to, url=url, purpose=purpose)
-        except DeliveryFailed:
-            OUTBOUND.labels(channel="call", purpose=purpose, result="failed").inc()
-            raise
-        OUTBOUND.labels(channel="call", purpose=purpose, result="sent").inc()
-        await self._record(OutboundChannel.call, to, sid, purpose, url=url)
-        log.info("outbound.call", to=mask_phone(to), purpose=purpose)
+        await self._queue(OutboundChannel.call, to, purpose, url=url, attempt_ref=attempt_ref)
         return True
 
+    async def withhold(
+        self, channel: OutboundChannel, body: str, purpose: str, *, url: str | None = None
+    ) -> None:
+        """Do a send's work for a message that goes nowhere (timing must not tell, §6.2)."""
+        await self._opt_outs.is_opted_out("")
+        await self._queue(channel, "", purpose, body=body, url=url, status="withheld")
+
     async def email(self, to: str, body: str, purpose: str) -> bool:
-        """Queue an e-mail notice."""
-        sid = await self._messenger.send_email(to=to, body=body, purpose=purpose)
+        """Queue an e-mail notice for the billing centre's mailer."""
+        await self._queue(OutboundChannel.email, to, purpose, body=body)
         OUTBOUND.labels(channel="email", purpose=purpose, result="queued").inc()
-        await self._record(OutboundChannel.email, to, sid, purpose, body=body)
-        log.info("outbound.email", purpose=purpose)
         return True
 
 
@@ -240,7 +239,11 @@ async def list_outbox(
     session: AsyncSession, *, to_number: str | None = None, after_id: int = 0
 ) -> list[OutboxMessage]:
     """Outbox rows, oldest first."""
-    query = select(OutboxMessage).where(OutboxMessage.id > after_id).order_by(OutboxMessage.id)
+    query = (
+        select(OutboxMessage)
+        .where(OutboxMessage.id > after_id, OutboxMessage.status != "withheld")
+        .order_by(OutboxMessage.id)
+    )
     if to_number:
         query = query.where(OutboxMessage.to_number == to_number)
     return list((await session.scalars(query)).all())
@@ -282,7 +285,13 @@ async def purge_expired_secrets(session: AsyncSession, settings: Settings) -> in
             .values(body="")
         )
         purged += int(getattr(result, "rowcount", 0) or 0)
-    return purged
+    # Withheld rows only existed to make every path cost the same.
+    withheld = await session.execute(
+        delete(OutboxMessage).where(
+            OutboxMessage.status == "withheld", OutboxMessage.created_at < horizons["code"]
+        )
+    )
+    return purged + int(getattr(withheld, "rowcount", 0) or 0)
 
 
 def readable_body(row: OutboxMessage, keyring: Keyring) -> str:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.services import Services
 from core.twilio_security import TwilioForm
+
+log = structlog.get_logger(__name__)
 
 
 def get_services(request: Request) -> Services:
@@ -27,6 +30,17 @@ async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+async def dispatch_after_response(services: ServicesDep) -> AsyncIterator[None]:
+    """Send what the request queued, once its response is out (request-scoped exit)."""
+    yield
+    if services.dispatcher.pending:
+        try:
+            await services.dispatcher.drain()
+        except Exception as exc:
+            # The periodic sweep in the app's lifespan picks up whatever is left queued.
+            log.warning("outbound.dispatch_failed", error=type(exc).__name__)
+
+
 async def verified_twilio_form(request: Request, services: ServicesDep) -> TwilioForm:
     """The webhook form, after its X-Twilio-Signature was verified."""
     return await services.verifier(request)
@@ -36,3 +50,4 @@ async def verified_twilio_form(request: Request, services: ServicesDep) -> Twili
 # status callback) always sees this one's writes, and a failed commit is not answered as success.
 DbSession = Annotated[AsyncSession, Depends(get_db, scope="function")]
 TwilioRequest = Annotated[TwilioForm, Depends(verified_twilio_form)]
+SendAfterResponse = Depends(dispatch_after_response)

@@ -13,6 +13,8 @@ from core.config import Settings
 from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker
 from core.delivery import Delivery, Messenger, build_messenger
+from core.dispatch import Dispatcher
+from core.models import OutboxMessage
 from core.recovery import RecoveryService
 from core.redis import create_redis
 from core.twilio_security import SignatureVerifier
@@ -31,6 +33,7 @@ class Services:
     messenger: Messenger
     prompts: Catalogue
     verifier: SignatureVerifier
+    dispatcher: Dispatcher
 
     def __repr__(self) -> str:
         return "Services(...)"
@@ -40,16 +43,26 @@ class Services:
         """Build everything from settings; tests may pass a messenger of their own."""
         engine = create_engine(settings.database_url)
         sessionmaker = create_sessionmaker(engine)
-        return cls(
+        keyring = Keyring(settings)
+        messenger = messenger or build_messenger(settings)
+        services: Services
+
+        async def on_failure(session: AsyncSession, row: OutboxMessage) -> None:
+            if row.purpose == "code" and row.attempt_ref:
+                await services.recovery(session).mark_undelivered(row.attempt_ref, "send")
+
+        services = cls(
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
             redis=create_redis(settings.redis_url),
-            keyring=Keyring(settings),
-            messenger=messenger or build_messenger(settings),
+            keyring=keyring,
+            messenger=messenger,
             prompts=load_catalogue(),
             verifier=SignatureVerifier(settings),
+            dispatcher=Dispatcher(sessionmaker, messenger, keyring, on_failure),
         )
+        return services
 
     async def close(self) -> None:
         """Release connections."""
@@ -63,7 +76,7 @@ class Services:
             redis=self.redis,
             keyring=self.keyring,
             directory=SqlAccountDirectory(session, self.settings),
-            delivery=Delivery(self.messenger, self.settings, session, self.keyring),
+            delivery=Delivery(self.settings, session, self.keyring, self.dispatcher.notify),
             audit=AuditLog(session, self.keyring),
             prompts=self.prompts,
         )

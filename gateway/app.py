@@ -24,20 +24,21 @@ from sms.router import router as sms_router
 log = structlog.get_logger(__name__)
 
 
-PURGE_INTERVAL_SECONDS = 300
+SWEEP_INTERVAL_SECONDS = 30
 
 
-async def _purge_outbox_secrets(services: Services) -> None:
-    """Every few minutes, blank outbox texts whose code or password has expired."""
+async def _sweep_outbox(services: Services) -> None:
+    """Send anything left queued, and blank texts whose code or password has expired."""
     while True:
         try:
+            await services.dispatcher.drain()
             async with transaction(services.sessionmaker) as session:
                 purged = await purge_expired_secrets(session, services.settings)
             if purged:
                 log.info("outbox.purged", messages=purged)
         except Exception as exc:
-            log.warning("outbox.purge_failed", error=type(exc).__name__)
-        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+            log.warning("outbox.sweep_failed", error=type(exc).__name__)
+        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
 
 
 def create_app(settings: Settings | None = None, *, messenger: Messenger | None = None) -> FastAPI:
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, messenger=messenger)
         app.state.services = services
-        purger = asyncio.create_task(_purge_outbox_secrets(services))
+        purger = asyncio.create_task(_sweep_outbox(services))
         try:
             yield
         finally:

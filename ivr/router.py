@@ -8,7 +8,7 @@ import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 
 from core.delivery import record_status
-from core.deps import DbSession, ServicesDep, TwilioRequest
+from core.deps import DbSession, SendAfterResponse, ServicesDep, TwilioRequest
 from core.services import Services
 from core.twilio_security import TwilioForm
 from core.webhooks import fallback_route
@@ -29,7 +29,9 @@ def _guard(request: Request, form: TwilioForm | None) -> Response:
     return _apology(request.app.state.services, form.get("CallSid") if form else "")
 
 
-router = APIRouter(prefix="/ivr", route_class=fallback_route(_guard))
+router = APIRouter(
+    prefix="/ivr", route_class=fallback_route(_guard), dependencies=[SendAfterResponse]
+)
 
 
 def twiml(body: str) -> Response:

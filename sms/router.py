@@ -10,7 +10,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from core.callbacks import CallbackRequests
 from core.delivery import FAILED_STATUSES, record_status
-from core.deps import DbSession, ServicesDep, TwilioRequest
+from core.deps import DbSession, SendAfterResponse, ServicesDep, TwilioRequest
 from core.optout import OptOuts
 from core.phones import InvalidPhoneNumber, mask_phone, parse_phone
 from core.twilio_security import TwilioForm
@@ -41,7 +41,9 @@ def _guard(request: Request, form: TwilioForm | None) -> Response:
     return _messaging(text)
 
 
-router = APIRouter(prefix="/sms", route_class=fallback_route(_guard))
+router = APIRouter(
+    prefix="/sms", route_class=fallback_route(_guard), dependencies=[SendAfterResponse]
+)
 
 
 def _threads(services: ServicesDep) -> SmsThreads:

@@ -102,3 +102,24 @@ async def gateway(settings: Settings, redis: Redis) -> AsyncIterator[Gateway]:
             transport=transport, base_url="http://gateway.internal"
         ) as http:
             yield Gateway(app, Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), messenger, settings)
+
+
+async def queued_emails(settings: Settings, to: str) -> list[str]:
+    """E-mail texts queued in the outbox for the billing centre's mailer."""
+    from sqlalchemy import select
+
+    from core.crypto import Keyring
+    from core.delivery import readable_body
+    from core.models import OutboundChannel, OutboxMessage
+
+    engine = create_engine(settings.database_url)
+    async with create_sessionmaker(engine)() as session:
+        rows = (
+            await session.scalars(
+                select(OutboxMessage).where(
+                    OutboxMessage.channel == OutboundChannel.email, OutboxMessage.to_number == to
+                )
+            )
+        ).all()
+    await engine.dispose()
+    return [readable_body(row, Keyring(settings)) for row in rows]

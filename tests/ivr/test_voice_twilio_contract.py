@@ -17,6 +17,7 @@ from core.models import OutboxMessage
 from gateway.app import create_app
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, seed_accounts
 from tests.twilio_driver import Call, Twilio
+from voice_prompts import Language, load_catalogue
 
 
 class SpyingTwilioMessenger(TwilioMessenger):
@@ -95,7 +96,7 @@ async def test_voice_call_is_placed_through_the_twilio_contract(
     assert rows[0].url and rows[0].url.startswith(f"{PUBLIC_BASE_URL}/ivr/verify?a=")
 
 
-async def test_an_unreachable_twilio_is_an_apology_not_a_500(
+async def test_an_unreachable_twilio_is_told_honestly_with_the_call_offered(
     settings: Settings, redis: Redis
 ) -> None:
     # Nothing listens on the discard port: the REST client fails to connect.
@@ -113,10 +114,12 @@ async def test_an_unreachable_twilio_is_an_apology_not_a_500(
             await call.press(MOBILE_ONLY + "#")
             await call.press("1")
             await call.press("1")
-    assert "техническая неполадка" in call.text
-    assert call.verbs()[-1] == "Dial"
-    # The failed request's transaction was rolled back: no record of a send that did not happen.
+            # The answer never waits for the provider; the failure shows on the next prompt.
+            await call.press("12")
+    assert load_catalogue().text("voice.code_undelivered", Language.ru) in call.text
+    assert call.gather.get("action")
     engine = create_engine(settings.database_url)
     async with create_sessionmaker(engine)() as session:
-        assert (await session.scalars(select(OutboxMessage))).all() == []
+        [row] = (await session.scalars(select(OutboxMessage))).all()
     await engine.dispose()
+    assert (row.status, row.purpose, row.provider_sid) == ("failed", "code", None)

@@ -20,6 +20,7 @@ from core.config import Settings, UnsafeSettingsError
 from core.db import create_engine, create_sessionmaker, transaction
 from core.models import Account, AuditEvent, Credential
 from core.passwords import hash_password
+from core.recovery import RecoveryService
 from gateway.app import create_app
 from ivr.menu import MENU, State, successors
 from tests.conftest import (
@@ -869,18 +870,22 @@ async def test_failed_verifications_are_capped_per_account(gateway: Gateway, red
 # -- provider errors ----------------------------------------------------------------------
 
 
-async def test_messenger_failure_is_an_apology_and_a_transfer(gateway: Gateway) -> None:
+async def test_provider_failure_is_told_on_the_next_prompt_with_the_call(
+    gateway: Gateway,
+) -> None:
     call = await at_method_choice(gateway)
     gateway.messenger.fail = True
-    await call.press("1")  # the driver asserts 200 and well-formed TwiML
-    assert ru("voice.error_apology") in call.text
-    assert_operator_dial(call, gateway)
-    assert ru("whisper.reason_error") in await fetch_whisper(gateway, call)
-    # The failure is audited as such (the step is recorded, §6.7), and nothing claims a send.
+    await call.press("1")  # queued: the answer does not wait for the provider
+    assert ru("voice.code_sent") in call.text
+    # The send failed after the response: recorded, and the next prompt says so honestly.
     events = await audit_events(gateway.settings)
-    assert [e for e, _ in events] == ["recovery.started", "code.sent_sms"]
-    assert events[-1][1]["failed"] is True
-    assert not [d for _, d in events if d.get("delivered")]
+    assert [e for e, _ in events] == ["recovery.started", "code.sent_sms", "code.undelivered"]
+    await call.press("12")
+    assert ru("voice.code_undelivered") in call.text
+    gateway.messenger.fail = False
+    await call.press("2")
+    assert call.verbs()[-1] == "Hangup"
+    assert len(gateway.messenger.to(MOBILE, "call")) == 1
 
 
 async def test_the_call_back_is_not_held_up_by_the_sms_cool_down(gateway: Gateway) -> None:
@@ -892,13 +897,22 @@ async def test_the_call_back_is_not_held_up_by_the_sms_cool_down(gateway: Gatewa
     assert len(gateway.messenger.to(LANDLINE, "call") + gateway.messenger.to(MOBILE, "call")) == 1
 
 
-async def test_whisper_after_a_failure_still_names_the_case(gateway: Gateway) -> None:
+async def test_whisper_after_a_failure_still_names_the_case(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
     call = await at_method_choice(gateway)
-    gateway.messenger.fail = True
+
+    async def crash(*_: object, **__: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(RecoveryService, "send_sms_code", crash)
     await call.press("1")
+    assert ru("voice.error_apology") in call.text
+    assert_operator_dial(call, gateway)
     assert call.call_sid in call.dial_whisper_url()
     whisper = await fetch_whisper(gateway, call)
     assert PROMPTS.digits(MOBILE_ONLY[-3:], Language.ru) in whisper
+    assert ru("whisper.reason_error") in whisper
 
 
 async def test_dial_result_when_nobody_answers(gateway: Gateway) -> None:
