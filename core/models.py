@@ -130,9 +130,14 @@ class AuditEvent(Base):
     account_ref: Mapped[str | None] = mapped_column(String(64), index=True)
     account_masked: Mapped[str | None] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="{}")
+    # The hash chain (§6.7): `seq` numbers the links without gaps, `hash` is a keyed HMAC over the
+    # row and `prev_hash`. Null only on rows written before the chain existed.
+    seq: Mapped[int | None] = mapped_column(unique=True)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
 
     def __repr__(self) -> str:
-        return f"AuditEvent(id={self.id}, event={self.event})"
+        return f"AuditEvent(id={self.id}, seq={self.seq}, event={self.event})"
 
 
 class SmsOptOut(Base):
