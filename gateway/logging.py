@@ -49,3 +49,24 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # Libraries log through stdlib logging (SQLAlchemy, aiosqlite, httpx …): the same scrubbing
+    # and rendering, so a DEBUG level never prints a full phone or account number either.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                scrub_digits,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if getattr(h, "_eirc", False) is False]
+    handler._eirc = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    # Libraries speak up only on warnings, unless the operator asked for DEBUG (SQLAlchemy would
+    # otherwise log every statement at INFO).
+    root.setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)

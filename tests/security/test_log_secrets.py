@@ -423,3 +423,19 @@ def test_the_log_check_finds_each_kind_of_secret() -> None:
         f"key={settings.secret_key.get_secret_value()}",
     ):
         assert found.leaks(line), line
+
+
+def test_stdlib_library_logs_are_scrubbed_too(capfd: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from gateway.logging import configure_logging
+
+    configure_logging(json=False, level="DEBUG")
+    try:
+        logging.getLogger("aiosqlite").debug("executing %s with (%r,)", "SELECT", "+79123456789")
+        logging.getLogger("sqlalchemy.engine").info("params ('1000000001',)")
+        err = capfd.readouterr().err
+        assert "9123456789" not in err and "1000000001" not in err
+        assert "aiosqlite" in err and "*" in err
+    finally:
+        configure_logging(json=False, level="INFO")
