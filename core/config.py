@@ -83,6 +83,19 @@ class Settings(BaseSettings):
 
     menu_max_tries: Annotated[int, Field(ge=1, le=5)] = 3
     failed_verifications_per_day: Annotated[int, Field(ge=1)] = 10
+
+    # Rate limits (§6.4), sliding windows in Redis (core/ratelimit.py). A limit that trips is
+    # an apology and the operator, never an error.
+    # Recovery starts from one caller number (or SMS sender) per hour.
+    rate_limit_caller_starts_per_hour: Annotated[int, Field(ge=1)] = 10
+    # Code sends (SMS or call) asked for one account number, existing or not.
+    rate_limit_account_sends_per_hour: Annotated[int, Field(ge=1)] = 5
+    rate_limit_account_sends_per_day: Annotated[int, Field(ge=1)] = 10
+    # Code messages or calls that actually went to one phone.
+    rate_limit_destination_sends_per_hour: Annotated[int, Field(ge=1)] = 5
+    # Every code SMS and call together: the SMS-pumping and toll-fraud breaker.
+    rate_limit_global_outbound_per_hour: Annotated[int, Field(ge=1)] = 500
+
     voice_ru: str = "Polly.Tatyana"
     voice_en: str = "Polly.Joanna"
     gather_timeout_seconds: Annotated[int, Field(ge=3, le=30)] = 7

@@ -17,6 +17,7 @@ from core.config import Settings
 from core.crypto import Keyring
 from core.delivery import Delivery, DeliveryFailed
 from core.phones import InvalidPhoneNumber, Phone, mask_account, parse_phone
+from core.ratelimit import Check, Decision, Limit, RateLimiter
 from voice_prompts import Catalogue, Language
 
 log = structlog.get_logger(__name__)
@@ -41,6 +42,8 @@ class SendOutcome(StrEnum):
     capped = "capped"
     # The provider refused or could not be reached: the caller is told and offered the operator.
     failed = "failed"
+    # A rate limit (§6.4) held the code back: an apology and the operator, never an error.
+    limited = "limited"
 
 
 class VerifyOutcome(StrEnum):
@@ -60,6 +63,8 @@ class Attempt:
     channel: Channel
     session_ref: str
     language: Language
+    # The caller number's start limit had tripped: no code is sent for this attempt.
+    limited: bool = False
 
     def __repr__(self) -> str:
         return f"Attempt({self.id[:8]}…, {mask_account(self.account_number)}, {self.purpose})"
@@ -99,6 +104,7 @@ class RecoveryService:
         self._audit = audit
         self._prompts = prompts
         self._codes = CodeStore(redis, settings, keyring)
+        self._limits = RateLimiter(redis, settings, keyring)
 
     # -- attempts ---------------------------------------------------------------------------
 
@@ -112,7 +118,14 @@ class RecoveryService:
         language: Language,
         caller: str | None,
     ) -> Attempt:
-        """Open an attempt; the caller ID is recorded as a risk signal only, never as a factor."""
+        """Open an attempt; the caller ID is recorded as a risk signal only, never as a factor.
+
+        Never refused: when the caller number has started too many recoveries, the attempt is
+        marked `limited`, no code will be sent for it, and the channel decides what to say.
+        """
+        starts = await self._limits.acquire(
+            Check(Limit.caller_starts, _caller_subject(caller, self._settings.default_region))
+        )
         attempt = Attempt(
             id=secrets.token_urlsafe(18),
             account_number=account_number,
@@ -120,6 +133,7 @@ class RecoveryService:
             channel=channel,
             session_ref=session_ref,
             language=language,
+            limited=not starts.allowed,
         )
         await self._redis.set(
             self._attempt_key(attempt.id),
@@ -135,6 +149,7 @@ class RecoveryService:
             purpose=purpose,
             account_known=record is not None,
             caller_is_on_file=_caller_on_file(record, caller, self._settings.default_region),
+            limit=starts.tripped,
         )
         return attempt
 
@@ -151,6 +166,7 @@ class RecoveryService:
             channel=Channel(data["channel"]),
             session_ref=data["session_ref"],
             language=Language(data["language"]),
+            limited=bool(data.get("limited", False)),
         )
 
     # -- codes ------------------------------------------------------------------------------
@@ -160,14 +176,24 @@ class RecoveryService:
 
         Voice: the first mobile on file. SMS channel: `only_to` is the sender, who gets the code
         only when that number is itself a mobile on file — never merely for having texted (§6.3).
+        Fails closed: every Redis step (limits, cool-down, the code) comes before the SMS is
+        queued, and a Redis error propagates, so the request's transaction rolls back and no
+        code goes out that was not stored and counted.
         """
+        if attempt.limited:
+            return SendOutcome.limited
         if await self._is_capped(attempt.account_number):
             return SendOutcome.capped
         if not await self._cool_down(attempt.id, "sms"):
             return SendOutcome.cooldown
         record = await self._directory.lookup(attempt.account_number)
-        code = await self._codes.issue(attempt.id)
         mobile = _code_destination(record, only_to)
+        permit = await self._send_permit(attempt, mobile)
+        if not permit.allowed:
+            await self._release_cool_down(attempt.id, "sms")
+            await self._audit_limited(attempt, "sms", permit)
+            return SendOutcome.limited
+        code = await self._codes.issue(attempt.id)
         delivered = failed = False
         if mobile is not None:
             body = self._prompts.text("sms.code", attempt.language, code=code)
@@ -185,6 +211,9 @@ class RecoveryService:
             delivered=delivered,
             failed=failed,
         )
+        if not delivered:
+            # Withheld (country, opt-out), failed, or no mobile: nothing counts as sent.
+            await self._limits.release(permit)
         if failed:
             await self._codes.discard(attempt.id)
             await self._release_cool_down(attempt.id, "sms")
@@ -193,12 +222,19 @@ class RecoveryService:
 
     async def request_voice_call(self, attempt: Attempt, twiml_url: str) -> SendOutcome:
         """Call the first phone on file (mobile or landline) to speak the code after a key press."""
+        if attempt.limited:
+            return SendOutcome.limited
         if await self._is_capped(attempt.account_number):
             return SendOutcome.capped
         if not await self._cool_down(attempt.id, "call"):
             return SendOutcome.cooldown
         record = await self._directory.lookup(attempt.account_number)
         phone = record.phones[0] if record and record.phones else None
+        permit = await self._send_permit(attempt, phone)
+        if not permit.allowed:
+            await self._release_cool_down(attempt.id, "call")
+            await self._audit_limited(attempt, "call", permit)
+            return SendOutcome.limited
         placed = failed = False
         if phone is not None:
             try:
@@ -213,6 +249,8 @@ class RecoveryService:
             placed=placed,
             failed=failed,
         )
+        if not placed:
+            await self._limits.release(permit)
         if failed:
             await self._release_cool_down(attempt.id, "call")
             return SendOutcome.failed
@@ -266,6 +304,8 @@ class RecoveryService:
         record = await self._directory.lookup(attempt.account_number)
         if record is None:
             return None
+        # Redis first: if it fails here, no password was issued and nothing queued (§6.4).
+        await self._redis.delete(self._attempt_key(attempt.id))
         if attempt.purpose is Purpose.password:
             secret = await self._directory.issue_temporary_password(attempt.account_number)
             body = self._prompts.text(
@@ -283,7 +323,6 @@ class RecoveryService:
         await self._notify_contacts(
             record, attempt, already_told=mobile.e164 if sent and mobile else None
         )
-        await self._redis.delete(self._attempt_key(attempt.id))
         await self._audit.record(
             "recovery.completed",
             channel=attempt.channel,
@@ -350,6 +389,37 @@ class RecoveryService:
 
     # -- limits -----------------------------------------------------------------------------
 
+    async def _send_permit(self, attempt: Attempt, destination: Phone | None) -> Decision:
+        """Count a code send against the account, its destination and the global budget.
+
+        The account's limits count every request for that account number, whether it exists
+        or not, so a refusal says nothing about it. The destination and the global budget count
+        only messages that go somewhere (the caller releases the permit if nothing went out).
+        """
+        account = await self._limits.acquire(
+            Check(Limit.account_sends_hour, attempt.account_number),
+            Check(Limit.account_sends_day, attempt.account_number),
+        )
+        if not account.allowed:
+            return account
+        if destination is None:
+            # Nothing will be sent, but an exhausted budget must refuse everybody alike, or it
+            # would tell the accounts with a phone from the others.
+            return Decision(await self._limits.peek(Check(Limit.global_outbound)))
+        return await self._limits.acquire(
+            Check(Limit.destination_sends, destination.e164), Check(Limit.global_outbound)
+        )
+
+    async def _audit_limited(self, attempt: Attempt, method: str, decision: Decision) -> None:
+        await self._audit.record(
+            "code.limited",
+            channel=attempt.channel,
+            session_ref=attempt.session_ref,
+            account_number=attempt.account_number,
+            method=method,
+            limit=decision.tripped,
+        )
+
     def _attempt_key(self, attempt_id: str) -> str:
         return f"attempt:{attempt_id}"
 
@@ -393,6 +463,19 @@ def _code_destination(record: AccountRecord | None, only_to: str | None) -> Phon
     if only_to is None:
         return record.first_mobile
     return next((mobile for mobile in record.mobiles if mobile.e164 == only_to), None)
+
+
+def _caller_subject(caller: str | None, region: str) -> str:
+    """The caller number as one limit subject: E.164 when it parses, else the raw value.
+
+    A withheld or malformed caller ID ("anonymous", "") is one shared subject, so hiding the
+    number is no way around the limit.
+    """
+    raw = (caller or "").strip()[:32]
+    try:
+        return parse_phone(raw, region).e164
+    except InvalidPhoneNumber:
+        return raw.lower()
 
 
 def _caller_on_file(record: AccountRecord | None, caller: str | None, region: str) -> bool:

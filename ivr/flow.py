@@ -122,6 +122,10 @@ class VoiceFlow:
         ESCALATIONS.labels(channel="voice", reason=reason).inc()
         log.info("ivr.escalated", call=call.call_sid, reason=reason)
 
+    def _limit_reached(self, call: CallSession) -> None:
+        """A rate limit held the code back (§6.4): an apology and the operator, not an error."""
+        self._to_operator(call, "limit", notice="voice.limit_reached")
+
     async def _act(self, call: CallSession, action: Action) -> None:
         match action:
             case Action.repeat:
@@ -172,6 +176,10 @@ class VoiceFlow:
             caller=call.caller,
         )
         call.attempt_id = attempt.id
+        if attempt.limited:
+            # Too many starts from this number: no point offering a code that will not come.
+            self._limit_reached(call)
+            return
         self._go(call, State.method_choice)
 
     async def _attempt(self, call: CallSession) -> Attempt | None:
@@ -185,7 +193,9 @@ class VoiceFlow:
         if attempt is None:
             return
         outcome = await self._recovery.send_sms_code(attempt)
-        if outcome is SendOutcome.failed:
+        if outcome is SendOutcome.limited:
+            self._limit_reached(call)
+        elif outcome is SendOutcome.failed:
             self._to_operator(call, "error", notice="voice.error_apology")
         elif outcome is SendOutcome.capped:
             self._to_operator(call, "verification_capped", notice="voice.verification_capped")
@@ -201,7 +211,9 @@ class VoiceFlow:
             return
         url = f"{self._base}/ivr/verify?{urlencode({'a': attempt.id})}"
         outcome = await self._recovery.request_voice_call(attempt, url)
-        if outcome is SendOutcome.failed:
+        if outcome is SendOutcome.limited:
+            self._limit_reached(call)
+        elif outcome is SendOutcome.failed:
             self._to_operator(call, "error", notice="voice.error_apology")
         elif outcome is SendOutcome.capped:
             self._to_operator(call, "verification_capped", notice="voice.verification_capped")

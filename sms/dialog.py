@@ -131,6 +131,9 @@ class SmsDialog:
             return self._reply("sms.reply_capped", thread)
         if outcome is SendOutcome.failed:
             return self._reply("sms.reply_error", thread)
+        if outcome is SendOutcome.limited:
+            # A rate limit (§6.4): an apology and the way to the operator, not an error.
+            return self._reply("sms.reply_limited", thread)
         # A cool-down answers like a send: the earlier code is still on its way.
         return self._reply(sent_key, thread)
 
