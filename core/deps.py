@@ -32,8 +32,9 @@ async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
 
 async def dispatch_after_response(services: ServicesDep) -> AsyncIterator[None]:
     """Send what the request queued, once its response is out (request-scoped exit)."""
+    queued = services.dispatcher.track_request()
     yield
-    if services.dispatcher.pending:
+    if queued[0]:
         try:
             await services.dispatcher.drain()
         except Exception as exc:

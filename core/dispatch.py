@@ -8,6 +8,7 @@ result, so a slow or failing provider never delays a caller's next prompt.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 
 import structlog
 from sqlalchemy import select, update
@@ -23,6 +24,9 @@ from core.phones import mask_phone
 log = structlog.get_logger(__name__)
 
 BATCH = 50
+# Set per request by `dispatch_after_response`: did this request queue anything? A process-wide
+# flag would race (another request's drain could clear it before this one commits).
+_queued_here: ContextVar[list[bool] | None] = ContextVar("queued_here", default=None)
 OnFailure = Callable[[AsyncSession, OutboxMessage], Awaitable[None]]
 
 
@@ -40,18 +44,25 @@ class Dispatcher:
         self._messenger = messenger
         self._keyring = keyring
         self._on_failure = on_failure
-        self.pending = False
 
     def __repr__(self) -> str:
-        return f"Dispatcher(pending={self.pending})"
+        return "Dispatcher(...)"
+
+    @staticmethod
+    def track_request() -> list[bool]:
+        """Start tracking whether the current request queues a message."""
+        flag = [False]
+        _queued_here.set(flag)
+        return flag
 
     def notify(self) -> None:
-        """A request queued something: send it once the response is out."""
-        self.pending = True
+        """The current request queued something: it is sent once the response is out."""
+        flag = _queued_here.get()
+        if flag is not None:
+            flag[0] = True
 
     async def drain(self) -> int:
         """Send every queued SMS and call; returns how many this call handled."""
-        self.pending = False
         handled = 0
         while True:
             async with self._sessionmaker() as session:

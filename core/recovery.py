@@ -15,7 +15,8 @@ from core.audit import AuditLog
 from core.codes import CodeCheck, CodeStore
 from core.config import Settings
 from core.crypto import Keyring
-from core.delivery import Delivery, DeliveryFailed
+from core.delivery import Delivery
+from core.models import OutboundChannel
 from core.phones import InvalidPhoneNumber, Phone, mask_account, parse_phone
 from core.ratelimit import Check, Decision, Limit, RateLimiter
 from voice_prompts import Catalogue, Language
@@ -40,8 +41,6 @@ class SendOutcome(StrEnum):
     sent = "sent"
     cooldown = "cooldown"
     capped = "capped"
-    # The provider refused or could not be reached: the caller is told and offered the operator.
-    failed = "failed"
     # A rate limit (§6.4) held the code back: an apology and the operator, never an error.
     limited = "limited"
 
@@ -194,30 +193,25 @@ class RecoveryService:
             await self._audit_limited(attempt, "sms", permit)
             return SendOutcome.limited
         code = await self._codes.issue(attempt.id)
-        delivered = failed = False
+        body = self._prompts.text("sms.code", attempt.language, code=code)
+        queued = False
         if mobile is not None:
-            body = self._prompts.text("sms.code", attempt.language, code=code)
-            try:
-                delivered = await self._delivery.sms(
-                    mobile.e164, body, purpose="code", attempt_ref=attempt.id
-                )
-            except DeliveryFailed:
-                failed = True
+            queued = await self._delivery.sms(
+                mobile.e164, body, purpose="code", attempt_ref=attempt.id
+            )
+        else:
+            # The same work as a send, so that timing does not tell (§6.2).
+            await self._delivery.withhold(OutboundChannel.sms, body, "code")
         await self._audit.record(
             "code.sent_sms",
             channel=attempt.channel,
             session_ref=attempt.session_ref,
             account_number=attempt.account_number,
-            delivered=delivered,
-            failed=failed,
+            delivered=queued,
         )
-        if not delivered:
-            # Withheld (country, opt-out), failed, or no mobile: nothing counts as sent.
+        if not queued:
+            # Withheld (country, opt-out) or no mobile: nothing counts as sent.
             await self._limits.release(permit)
-        if failed:
-            await self._codes.discard(attempt.id)
-            await self._release_cool_down(attempt.id, "sms")
-            return SendOutcome.failed
         return SendOutcome.sent
 
     async def request_voice_call(self, attempt: Attempt, twiml_url: str) -> SendOutcome:
@@ -235,25 +229,22 @@ class RecoveryService:
             await self._release_cool_down(attempt.id, "call")
             await self._audit_limited(attempt, "call", permit)
             return SendOutcome.limited
-        placed = failed = False
+        placed = False
         if phone is not None:
-            try:
-                placed = await self._delivery.call(phone.e164, twiml_url, purpose="code_call")
-            except DeliveryFailed:
-                failed = True
+            placed = await self._delivery.call(
+                phone.e164, twiml_url, purpose="code_call", attempt_ref=attempt.id
+            )
+        else:
+            await self._delivery.withhold(OutboundChannel.call, "", "code_call", url=twiml_url)
         await self._audit.record(
             "code.call_placed",
             channel=attempt.channel,
             session_ref=attempt.session_ref,
             account_number=attempt.account_number,
             placed=placed,
-            failed=failed,
         )
         if not placed:
             await self._limits.release(permit)
-        if failed:
-            await self._release_cool_down(attempt.id, "call")
-            return SendOutcome.failed
         return SendOutcome.sent
 
     async def issue_spoken_code(self, attempt: Attempt, call_ref: str) -> str:
@@ -318,8 +309,10 @@ class RecoveryService:
             secret = record.login
             body = self._prompts.text("sms.login", attempt.language, login=secret)
         mobile = _code_destination(record, deliver_to) if deliver_to else record.first_mobile
-        # The caller hears the secret in the call anyway: a failed SMS copy is not fatal.
-        sent = mobile is not None and await self._try_sms(mobile.e164, body, f"{attempt.purpose}")
+        # Queued for the dispatcher; False when withheld (opt-out, country).
+        sent = mobile is not None and await self._delivery.sms(
+            mobile.e164, body, f"{attempt.purpose}"
+        )
         await self._notify_contacts(
             record, attempt, already_told=mobile.e164 if sent and mobile else None
         )
@@ -349,7 +342,7 @@ class RecoveryService:
         )
         for mobile in record.mobiles:
             if mobile.e164 != already_told:
-                notified += await self._try_sms(mobile.e164, text, "notice")
+                notified += await self._delivery.sms(mobile.e164, text, "notice")
         if record.email:
             channel_name = self._prompts.text(f"email.channel_{attempt.channel}", attempt.language)
             text = self._prompts.text(
@@ -425,13 +418,6 @@ class RecoveryService:
 
     def _failures_key(self, account_number: str) -> str:
         return f"fails:{self._keyring.reference(account_number)}"
-
-    async def _try_sms(self, to: str, body: str, purpose: str) -> bool:
-        try:
-            return await self._delivery.sms(to, body, purpose=purpose)
-        except DeliveryFailed:
-            log.warning("outbound.failed", purpose=purpose)
-            return False
 
     async def _cool_down(self, attempt_id: str, method: str) -> bool:
         """True when a code may be sent now by this method; starts its resend cool-down."""

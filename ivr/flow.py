@@ -195,8 +195,6 @@ class VoiceFlow:
         outcome = await self._recovery.send_sms_code(attempt)
         if outcome is SendOutcome.limited:
             self._limit_reached(call)
-        elif outcome is SendOutcome.failed:
-            self._to_operator(call, "error", notice="voice.error_apology")
         elif outcome is SendOutcome.capped:
             self._to_operator(call, "verification_capped", notice="voice.verification_capped")
         elif outcome is SendOutcome.cooldown:
@@ -213,8 +211,6 @@ class VoiceFlow:
         outcome = await self._recovery.request_voice_call(attempt, url)
         if outcome is SendOutcome.limited:
             self._limit_reached(call)
-        elif outcome is SendOutcome.failed:
-            self._to_operator(call, "error", notice="voice.error_apology")
         elif outcome is SendOutcome.capped:
             self._to_operator(call, "verification_capped", notice="voice.verification_capped")
         elif outcome is SendOutcome.cooldown:

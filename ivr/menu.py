@@ -123,7 +123,8 @@ ACTION_TARGETS: Mapping[Action, frozenset[State]] = {
     Action.english: frozenset({State.main_menu}),
     Action.restore_password: frozenset({State.account_entry}),
     Action.recover_login: frozenset({State.account_entry}),
-    Action.confirm_account: frozenset({State.method_choice}),
+    # A caller over the start limit is transferred right after confirming (§6.4).
+    Action.confirm_account: frozenset({State.method_choice, State.operator}),
     Action.reenter_account: frozenset({State.account_entry}),
     Action.send_sms_code: frozenset({State.code_entry, State.operator}),
     Action.call_me: frozenset({State.call_arranged, State.operator}),

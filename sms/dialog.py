@@ -129,8 +129,6 @@ class SmsDialog:
         if outcome is SendOutcome.capped:
             ESCALATIONS.labels(channel="sms", reason="verification_capped").inc()
             return self._reply("sms.reply_capped", thread)
-        if outcome is SendOutcome.failed:
-            return self._reply("sms.reply_error", thread)
         if outcome is SendOutcome.limited:
             # A rate limit (§6.4): an apology and the way to the operator, not an error.
             return self._reply("sms.reply_limited", thread)
