@@ -6,6 +6,7 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from redis.exceptions import RedisError
 
 from core.delivery import record_status
 from core.deps import DbSession, SendAfterResponse, ServicesDep, TwilioRequest
@@ -78,6 +79,17 @@ def _call_sid(form: TwilioRequest) -> str:
     return call_sid
 
 
+async def _load_or_none(services: Services, call_sid: str) -> CallSession | None:
+    """The call's session for the operator's leg; without Redis the summary still comes."""
+    if not call_sid:
+        return None
+    try:
+        return await _store(services).load(call_sid)
+    except RedisError:
+        log.warning("ivr.session_unavailable")
+        return None
+
+
 @router.post("/voice")
 async def incoming_call(form: TwilioRequest, services: ServicesDep, flow: Flow) -> Response:
     """A new call: greeting and main menu in one prompt."""
@@ -144,7 +156,7 @@ async def whisper(
     reason: Annotated[str, Query(alias="r", max_length=32)] = "",
 ) -> Response:
     """What the operator hears before being connected to the caller."""
-    call = await _store(services).load(call_sid) if call_sid else None
+    call = await _load_or_none(services, call_sid)
     summary = _screens(services).whisper(call, reason or None)
     return _show(services, Screen(lines=[Speech(summary, Language.ru)]))
 
@@ -156,7 +168,7 @@ async def dial_result(
     call_sid: Annotated[str, Query(alias="c", max_length=64)] = "",
 ) -> Response:
     """After the transfer: hang up if the operator answered, apologise if nobody did."""
-    call = await _store(services).load(call_sid) if call_sid else None
+    call = await _load_or_none(services, call_sid)
     language = call.language if call else DEFAULT_LANGUAGE
     if form.get("DialCallStatus") == "completed":
         return _show(services, Screen(ending=Ending.hangup))

@@ -302,3 +302,19 @@ async def test_without_redis_every_webhook_is_a_polite_answer(without_redis: Gat
     assert without_redis.messenger.sent == []
     ready = await without_redis.twilio.http.get("/readyz")
     assert ready.status_code == 503 and "redis" in ready.text
+
+
+async def test_the_operator_still_hears_a_summary_when_redis_is_down(
+    gateway: Gateway, outage: Outage
+) -> None:
+    call = await at_method_choice(gateway)
+    outage.start(touching(""))
+    await call.press("1")
+    await assert_apology_and_operator(call, gateway)
+    # The operator's leg and the dial result need no state: both answer, Redis or not.
+    dial = call.twiml.find("Dial")
+    assert dial is not None and dial.get("action")
+    result = await gateway.twilio.post(
+        str(dial.get("action")), {"CallSid": call.call_sid, "DialCallStatus": "no-answer"}
+    )
+    assert result.status_code == 200 and ru("voice.operator_unavailable") in result.text
