@@ -21,7 +21,7 @@ from core.passwords import (
     verify_hash,
     verify_nothing,
 )
-from core.phones import Phone, mask_account, region_of
+from core.phones import Phone, mask_account
 
 MIN_PASSWORD_LENGTH = 8
 # Argon2 takes any length; the cap only keeps a hostile caller from making us hash megabytes.
@@ -151,7 +151,7 @@ class SqlAccountDirectory:
             return None
         first = rows[0]
         phones = tuple(
-            Phone(e164=row.e164, line_type=LineType(row.line_type), region=region_of(row.e164))
+            Phone(e164=row.e164, line_type=LineType(row.line_type))
             for row in rows
             if row.e164 is not None
         )

@@ -19,11 +19,10 @@ class InvalidPhoneNumber(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Phone:
-    """A valid phone number in E.164 with its line type and country."""
+    """A valid phone number in E.164 with its line type."""
 
     e164: str
     line_type: LineType
-    region: str
 
     def __repr__(self) -> str:
         return f"Phone({mask_phone(self.e164)}, {self.line_type})"
@@ -50,7 +49,6 @@ def parse_phone(raw: str, region: str = "RU") -> Phone:
     return Phone(
         e164=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
         line_type=line_type,
-        region=phonenumbers.region_code_for_number(number) or "",
     )
 
 

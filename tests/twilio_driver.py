@@ -44,6 +44,7 @@ class Call:
     twiml: ET.Element = field(default_factory=lambda: ET.Element("Response"))
     path: str = "/ivr/voice"
     history: list[str] = field(default_factory=list)
+    raw: str = ""
 
     def _params(self, **extra: str) -> dict[str, str]:
         return {
@@ -61,6 +62,7 @@ class Call:
         response = await self.twilio.post(path, params)
         assert response.status_code == 200, (response.status_code, response.text)
         assert response.headers["content-type"].startswith("application/xml")
+        self.raw = response.text
         self.twiml = ET.fromstring(response.text)
         assert self.twiml.tag == "Response"
         self.path = path

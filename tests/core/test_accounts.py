@@ -142,7 +142,7 @@ async def test_lookup_returns_the_account_with_phones_in_file_order(
     assert record.email == "petrov@example.ru"
     assert [phone.e164 for phone in record.phones] == [MOBILE_1, LANDLINE, MOBILE_2]
     assert [phone.e164 for phone in record.mobiles] == [MOBILE_1, MOBILE_2]
-    assert record.first_mobile == Phone(MOBILE_1, LineType.mobile, "RU")
+    assert record.first_mobile == Phone(MOBILE_1, LineType.mobile)
 
 
 async def test_lookup_of_an_unknown_account_is_none(
@@ -194,7 +194,7 @@ def test_record_repr_masks_the_account_number_and_phones() -> None:
         login="petrov.as",
         full_name="Петров Алексей Сергеевич",
         email="petrov@example.ru",
-        phones=(Phone(MOBILE_1, LineType.mobile, "RU"),),
+        phones=(Phone(MOBILE_1, LineType.mobile),),
     )
     text = repr(record)
     assert NUMBER not in text
