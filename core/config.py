@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "dev", "development"})
 DEV_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
 DEV_AUTH_TOKEN = "development-only-auth-token"
+PLACEHOLDER_ACCOUNT_SID = "AC-not-configured"
 
 
 class Environment(StrEnum):
@@ -51,7 +52,7 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     workers: Annotated[int, Field(ge=1)] = 1
 
-    twilio_account_sid: str = "AC00000000000000000000000000000000"
+    twilio_account_sid: str = PLACEHOLDER_ACCOUNT_SID
     twilio_auth_token: SecretStr = SecretStr(DEV_AUTH_TOKEN)
     twilio_api_url: str | None = None
     twilio_timeout_seconds: float = 10.0
@@ -100,6 +101,10 @@ class Settings(BaseSettings):
     voice_en: str = "Polly.Joanna"
     gather_timeout_seconds: Annotated[int, Field(ge=3, le=30)] = 7
 
+    # Outbound messages leave this long after the webhook's response, so that the response is
+    # on its way before the CPU turns to the provider round trip (timing must not tell, §6.2).
+    dispatch_delay_ms: Annotated[int, Field(ge=0, le=5000)] = 50
+
     log_json: bool = False
     log_level: str = "INFO"
 
@@ -141,6 +146,8 @@ class Settings(BaseSettings):
         key = self.secret_key.get_secret_value()
         if key.lower() in PLACEHOLDER_SECRETS or key == DEV_SECRET_KEY or len(key) < 32:
             problems.append("GATEWAY_SECRET_KEY must be a random value of at least 32 characters")
+        if self.twilio_account_sid == PLACEHOLDER_ACCOUNT_SID:
+            problems.append("GATEWAY_TWILIO_ACCOUNT_SID is not set")
         if self.dev_disable_signature_check:
             problems.append("GATEWAY_DEV_DISABLE_SIGNATURE_CHECK is on")
         if self.uses_memory_redis:

@@ -226,11 +226,12 @@ class Delivery:
 
     async def withhold(
         self, channel: OutboundChannel, body: str, purpose: str, *, url: str | None = None
-    ) -> None:
+    ) -> bool:
         """Do a send's work for a message that goes nowhere (timing must not tell, §6.2)."""
         self.allowed(WITHHELD_PLACEHOLDER)
         await self._opt_outs.is_opted_out(WITHHELD_PLACEHOLDER)
         await self._queue(channel, "", purpose, body=body, url=url, status="withheld")
+        return False
 
     async def email(self, to: str, body: str, purpose: str) -> bool:
         """Queue an e-mail notice for the billing centre's mailer."""

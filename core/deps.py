@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -36,6 +37,8 @@ async def dispatch_after_response(services: ServicesDep) -> AsyncIterator[None]:
     yield
     if queued[0]:
         try:
+            if services.settings.dispatch_delay_ms:
+                await asyncio.sleep(services.settings.dispatch_delay_ms / 1000)
             await services.dispatcher.drain()
         except Exception as exc:
             # The periodic sweep in the app's lifespan picks up whatever is left queued.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
@@ -179,73 +180,77 @@ class RecoveryService:
         queued, and a Redis error propagates, so the request's transaction rolls back and no
         code goes out that was not stored and counted.
         """
-        if attempt.limited:
-            return SendOutcome.limited
-        if await self._is_capped(attempt.account_number):
-            return SendOutcome.capped
-        if not await self._cool_down(attempt.id, "sms"):
-            return SendOutcome.cooldown
-        record = await self._directory.lookup(attempt.account_number)
-        mobile = _code_destination(record, only_to)
-        permit = await self._send_permit(attempt, mobile)
-        if not permit.allowed:
-            await self._release_cool_down(attempt.id, "sms")
-            await self._audit_limited(attempt, "sms", permit)
-            return SendOutcome.limited
+        clearance = await self._clear_to_send(
+            attempt, "sms", lambda record: _code_destination(record, only_to)
+        )
+        if clearance.refused:
+            return clearance.refused
         code = await self._codes.issue(attempt.id)
         body = self._prompts.text("sms.code", attempt.language, code=code)
-        queued = False
+        mobile = clearance.destination
         if mobile is not None:
             queued = await self._delivery.sms(
                 mobile.e164, body, purpose="code", attempt_ref=attempt.id
             )
         else:
             # The same work as a send, so that timing does not tell (§6.2).
-            await self._delivery.withhold(OutboundChannel.sms, body, "code")
+            queued = await self._delivery.withhold(OutboundChannel.sms, body, "code")
+        await self._settle(attempt, "code.sent_sms", clearance, queued)
+        return SendOutcome.sent
+
+    async def request_voice_call(self, attempt: Attempt, twiml_url: str) -> SendOutcome:
+        """Call the first phone on file (mobile or landline) to speak the code after a key press."""
+        clearance = await self._clear_to_send(
+            attempt, "call", lambda record: record.phones[0] if record and record.phones else None
+        )
+        if clearance.refused:
+            return clearance.refused
+        phone = clearance.destination
+        if phone is not None:
+            queued = await self._delivery.call(
+                phone.e164, twiml_url, purpose="code_call", attempt_ref=attempt.id
+            )
+        else:
+            queued = await self._delivery.withhold(
+                OutboundChannel.call, "", "code_call", url=twiml_url
+            )
+        await self._settle(attempt, "code.call_placed", clearance, queued)
+        return SendOutcome.sent
+
+    async def _clear_to_send(
+        self,
+        attempt: Attempt,
+        method: str,
+        pick: Callable[[AccountRecord | None], Phone | None],
+    ) -> _Clearance:
+        """Every check before a code goes out by `method`, in the order that fails closed."""
+        if attempt.limited:
+            return _Clearance(SendOutcome.limited)
+        if await self._is_capped(attempt.account_number):
+            return _Clearance(SendOutcome.capped)
+        if not await self._cool_down(attempt.id, method):
+            return _Clearance(SendOutcome.cooldown)
+        destination = pick(await self._directory.lookup(attempt.account_number))
+        permit = await self._send_permit(attempt, destination)
+        if not permit.allowed:
+            await self._release_cool_down(attempt.id, method)
+            await self._audit_limited(attempt, method, permit)
+            return _Clearance(SendOutcome.limited)
+        return _Clearance(None, destination, permit)
+
+    async def _settle(
+        self, attempt: Attempt, event: str, clearance: _Clearance, queued: bool
+    ) -> None:
         await self._audit.record(
-            "code.sent_sms",
+            event,
             channel=attempt.channel,
             session_ref=attempt.session_ref,
             account_number=attempt.account_number,
             delivered=queued,
         )
-        if not queued:
-            # Withheld (country, opt-out) or no mobile: nothing counts as sent.
-            await self._limits.release(permit)
-        return SendOutcome.sent
-
-    async def request_voice_call(self, attempt: Attempt, twiml_url: str) -> SendOutcome:
-        """Call the first phone on file (mobile or landline) to speak the code after a key press."""
-        if attempt.limited:
-            return SendOutcome.limited
-        if await self._is_capped(attempt.account_number):
-            return SendOutcome.capped
-        if not await self._cool_down(attempt.id, "call"):
-            return SendOutcome.cooldown
-        record = await self._directory.lookup(attempt.account_number)
-        phone = record.phones[0] if record and record.phones else None
-        permit = await self._send_permit(attempt, phone)
-        if not permit.allowed:
-            await self._release_cool_down(attempt.id, "call")
-            await self._audit_limited(attempt, "call", permit)
-            return SendOutcome.limited
-        placed = False
-        if phone is not None:
-            placed = await self._delivery.call(
-                phone.e164, twiml_url, purpose="code_call", attempt_ref=attempt.id
-            )
-        else:
-            await self._delivery.withhold(OutboundChannel.call, "", "code_call", url=twiml_url)
-        await self._audit.record(
-            "code.call_placed",
-            channel=attempt.channel,
-            session_ref=attempt.session_ref,
-            account_number=attempt.account_number,
-            placed=placed,
-        )
-        if not placed:
-            await self._limits.release(permit)
-        return SendOutcome.sent
+        if not queued and clearance.permit is not None:
+            # Withheld (country, opt-out) or no phone: nothing counts as sent.
+            await self._limits.release(clearance.permit)
 
     async def issue_spoken_code(self, attempt: Attempt, call_ref: str) -> str:
         """A fresh code to speak in the verification call, after the answerer pressed a key."""
@@ -441,6 +446,15 @@ class RecoveryService:
             pipe.expire(key, DAY_SECONDS, nx=True)
             count, _ = await pipe.execute()
         return int(count)
+
+
+@dataclass(frozen=True, slots=True)
+class _Clearance:
+    """Why a code may not go out, or where it goes and the limit permit it holds."""
+
+    refused: SendOutcome | None
+    destination: Phone | None = None
+    permit: Decision | None = None
 
 
 def _code_destination(record: AccountRecord | None, only_to: str | None) -> Phone | None:

@@ -55,6 +55,8 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
         twilio_auth_token=AUTH_TOKEN,
         messenger=MessengerKind.outbox,
         code_resend_cooldown_seconds=30,
+        # In-process tests send at once; the timing test runs the production default.
+        dispatch_delay_ms=0,
     )
 
 

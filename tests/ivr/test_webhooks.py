@@ -382,6 +382,7 @@ def test_signature_check_is_on_by_default() -> None:
 
 SAFE_PRODUCTION: dict[str, object] = {
     "environment": "production",
+    "twilio_account_sid": "AC" + "5e" * 16,
     "twilio_auth_token": "tok-" + "7f3a9c" * 6,
     "secret_key": "key-" + "b81e4d" * 8,
     "redis_url": "redis://redis.internal:6379/0",
@@ -404,6 +405,7 @@ def test_safe_production_settings_start() -> None:
     [
         ({"dev_disable_signature_check": True}, "GATEWAY_DEV_DISABLE_SIGNATURE_CHECK"),
         ({"twilio_auth_token": "changeme"}, "GATEWAY_TWILIO_AUTH_TOKEN"),
+        ({"twilio_account_sid": "AC-not-configured"}, "GATEWAY_TWILIO_ACCOUNT_SID"),
         ({"twilio_auth_token": "development-only-auth-token"}, "GATEWAY_TWILIO_AUTH_TOKEN"),
         ({"secret_key": "secret"}, "GATEWAY_SECRET_KEY"),
         ({"secret_key": "development-only-secret-key-do-not-use-in-production"}, "SECRET_KEY"),
