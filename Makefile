@@ -42,3 +42,8 @@ demo: install
 fmt: install
 	$(UV) run ruff check --fix .
 	$(UV) run ruff format .
+
+# The §9 load benchmark: `make bench` (about 3 minutes) or `make bench ARGS=--quick` (under 1).
+.PHONY: bench
+bench: install
+	$(UV) run python -m benchmarks.run $(ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -180,7 +181,7 @@ class SqlAccountDirectory:
         credential = account.credential
         if credential is None:
             account.credential = Credential(
-                password_hash=hash_password(password),
+                password_hash=await asyncio.to_thread(hash_password, password),
                 is_temporary=True,
                 expires_at=expires_at,
                 used_at=None,
@@ -188,7 +189,7 @@ class SqlAccountDirectory:
             )
         else:
             # Overwriting the one hash is what revokes the previous password.
-            credential.password_hash = hash_password(password)
+            credential.password_hash = await asyncio.to_thread(hash_password, password)
             credential.is_temporary = True
             credential.expires_at = expires_at
             credential.used_at = None
@@ -200,9 +201,9 @@ class SqlAccountDirectory:
         """Whether the password opens the account, and whether it must be changed."""
         credential = await self._credential(account_number)
         if credential is None:
-            verify_nothing(password)
+            await asyncio.to_thread(verify_nothing, password)
             return REFUSED
-        if not verify_hash(credential.password_hash, password):
+        if not await asyncio.to_thread(verify_hash, credential.password_hash, password):
             return REFUSED
         if not self._usable(credential):
             return REFUSED
@@ -214,11 +215,11 @@ class SqlAccountDirectory:
         """Set a new long-term password; a temporary current password is consumed."""
         credential = await self._credential(account_number)
         if credential is None:
-            verify_nothing(current_password)
+            await asyncio.to_thread(verify_nothing, current_password)
             raise PasswordChangeRefused(ChangeRefusal.current_not_accepted)
-        if not verify_hash(credential.password_hash, current_password) or not self._usable(
-            credential
-        ):
+        if not await asyncio.to_thread(
+            verify_hash, credential.password_hash, current_password
+        ) or not self._usable(credential):
             raise PasswordChangeRefused(ChangeRefusal.current_not_accepted)
         if len(new_password) < MIN_PASSWORD_LENGTH:
             raise PasswordChangeRefused(ChangeRefusal.too_short)
@@ -230,7 +231,7 @@ class SqlAccountDirectory:
 
         now = self._clock()
         values: dict[str, object] = {
-            "password_hash": hash_password(new_password),
+            "password_hash": await asyncio.to_thread(hash_password, new_password),
             "is_temporary": False,
             "expires_at": None,
             "changed_at": now,
