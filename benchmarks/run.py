@@ -45,6 +45,7 @@ from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker, transaction
 from core.delivery import list_outbox, readable_body
 from core.migrate import upgrade_database
+from tests.servers import redis_server as start_redis_server
 from tests.twilio_driver import sign
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -122,46 +123,13 @@ def redis_server(workdir: Path) -> Iterator[str]:
     if given:
         yield given
         return
-    executable = shutil.which("redis-server")
-    if executable is None:
+    if shutil.which("redis-server") is None:
         sys.exit(
-            "redis-server is not on PATH (apt-get install redis-server), or set "
+            "redis-server is not on PATH: apt-get install redis-server, or set "
             "GATEWAY_BENCH_REDIS_URL."
         )
-    port = free_port()
-    log = (workdir / "redis.log").open("ab")
-    process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
-        [
-            executable,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(10)
-        if process.poll() is None:
-            process.kill()
-        log.close()
+    with start_redis_server(workdir) as url:
+        yield url
 
 
 def process_tree(root: int) -> list[int]:

@@ -32,7 +32,7 @@ class DeliveryFailed(RuntimeError):
 
 
 class Messenger(Protocol):
-    """Sends an SMS, places a call or queues an e-mail, and returns the provider's id."""
+    """Sends an SMS or places a call and returns the provider's id (e-mails wait in the outbox)."""
 
     # True when nothing leaves the building: the outbox row (with its text) is the message.
     keeps_messages: bool
@@ -43,10 +43,6 @@ class Messenger(Protocol):
 
     async def place_call(self, *, to: str, url: str, purpose: str) -> str:
         """Place an outbound call whose TwiML is fetched from `url`."""
-        ...
-
-    async def send_email(self, *, to: str, body: str, purpose: str) -> str:
-        """Queue an e-mail."""
         ...
 
 
@@ -66,10 +62,6 @@ class OutboxMessenger:
     async def place_call(self, *, to: str, url: str, purpose: str) -> str:
         """A call that stays in the outbox until the simulator answers it."""
         return _sid("CA")
-
-    async def send_email(self, *, to: str, body: str, purpose: str) -> str:
-        """An e-mail that stays in the outbox."""
-        return _sid("EM")
 
 
 class TwilioMessenger:
@@ -117,10 +109,6 @@ class TwilioMessenger:
         except Exception as exc:
             raise DeliveryFailed(f"call not accepted by Twilio ({type(exc).__name__})") from None
         return str(call.sid)
-
-    async def send_email(self, *, to: str, body: str, purpose: str) -> str:
-        """Twilio sends no e-mail: it waits in the outbox for the billing centre's mailer."""
-        return _sid("EM")
 
 
 def build_messenger(settings: Settings) -> Messenger:

@@ -243,7 +243,8 @@ class VoiceFlow:
                 return
             call.verification = Verification.verified
             call.sealed = self._keyring.seal(completion.secret)
-            self._go(call, State.secret_ready, *(["sms"] if completion.sent_by_sms else []))
+            call.secret_by_sms = completion.sent_by_sms
+            self._go(call, State.secret_ready)
         elif outcome is VerifyOutcome.capped:
             self._to_operator(call, "verification_capped", notice="voice.verification_capped")
         elif outcome is VerifyOutcome.invalidated:

@@ -39,9 +39,7 @@ class Screens:
         """What the caller hears in the call's current state."""
         spec = MENU[call.state]
         lang = call.language
-        lines: list[Utterance] = [
-            self._say(key, lang) for key in call.notices if key.startswith("voice.")
-        ]
+        lines: list[Utterance] = [self._say(key, lang) for key in call.notices]
         lines += self._state_lines(call)
         if spec.final is Final.dial:
             return Screen(lines=lines, dial=self._dial(call))
@@ -113,7 +111,7 @@ class Screens:
             lines.append(
                 self._say("voice.login_ready", lang, characters=self._prompts.spell(secret, lang))
             )
-        if "sms" in call.notices:
+        if call.secret_by_sms:
             lines.append(self._say("voice.also_sent_sms", lang))
         lines.append(self._say("voice.secret_repeat", lang))
         return lines

@@ -37,6 +37,8 @@ class CallSession:
     reason: str | None = None
     # A code or credential to say again on `*`, sealed with the server key; gone with the call.
     sealed: str | None = None
+    # Whether the secret also went by SMS (the read-out says so).
+    secret_by_sms: bool = False
     outbound: bool = False
 
     def __repr__(self) -> str:

@@ -40,10 +40,6 @@ class RecordingMessenger:
         """Record a call."""
         return await self._record(Sent("call", to, url=url, purpose=purpose))
 
-    async def send_email(self, *, to: str, body: str, purpose: str) -> str:
-        """Record an e-mail."""
-        return await self._record(Sent("email", to, body=body, purpose=purpose))
-
     def to(self, number: str, channel: str = "sms") -> list[Sent]:
         """What was sent to one number on one channel."""
         return [item for item in self.sent if item.to == number and item.channel == channel]

@@ -138,29 +138,29 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    executable = shutil.which("redis-server")
-    if executable is None:
+    if shutil.which("redis-server") is None:
         pytest.fail(
             "redis-server was not found on PATH. The tests need a real Redis: install it "
             "(`apt-get install redis-server`; .ci/run does) or set GATEWAY_TEST_REDIS_URL.",
             pytrace=False,
         )
-    workdir = tmp_path_factory.mktemp("redis")
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A throw-away redis-server on a free loopback port (also used by the benchmark)."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
     port = free_port()
     server = ServerProcess(
         "redis-server",
         [
             executable,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
+            *("--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", str(workdir)),
         ],
         workdir / "redis.log",
     )

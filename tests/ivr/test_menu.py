@@ -316,7 +316,7 @@ def sample_call(
         verification=Verification.code_sent,
         reason="retries_exhausted",
         sealed=keyring.seal(secret) if secret else None,
-        notices=["sms"] if state is State.secret_ready else [],
+        secret_by_sms=state is State.secret_ready,
     )
 
 

@@ -21,6 +21,7 @@ from tests.conftest import (
     queued_emails,
 )
 from tests.twilio_driver import Call
+from voice_prompts import Language, load_catalogue
 
 CODE = re.compile(r"\b(\d{6})\b")
 
@@ -102,8 +103,11 @@ async def test_password_by_keypad_and_sms_code(gateway: Gateway) -> None:
     # The password also arrives by SMS.
     assert password in gateway.messenger.to(MOBILE)[-1].body
     # `*` repeats it; silence ends the call politely.
+    also_sent = load_catalogue().text("voice.also_sent_sms", Language.ru)
+    assert also_sent in call.text
     await call.press("*")
     assert await spoken_password(call) == password
+    assert also_sent in call.text  # still true on the repeat
     await call.silence()
     assert call.verbs()[-1] == "Hangup" and "До свидания" in call.text
 
@@ -170,8 +174,9 @@ async def test_voice_call_verification_on_a_landline(gateway: Gateway) -> None:
     await callback.press(code)
     password = await spoken_password(callback)
     assert len(password) == gateway.settings.temp_password_length
-    # No mobile on file: nothing to send the password to.
+    # No mobile on file: nothing to send the password to, and the caller is not told otherwise.
     assert gateway.messenger.to(LANDLINE) == []
+    assert load_catalogue().text("voice.also_sent_sms", Language.ru) not in callback.text
     assert await check_password(gateway, LANDLINE_ONLY, password) == (True, True)
 
 
