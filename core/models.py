@@ -152,20 +152,80 @@ class SmsOptOut(Base):
         return "SmsOptOut(...)"
 
 
-class CallbackRequest(Base):
-    """A resident asked an operator to call back; the context says what already happened."""
+class EscalationKind(StrEnum):
+    transfer = "transfer"  # a live call handed to an operator (Dial or Enqueue)
+    callback = "callback"  # the resident asked to be called back
 
-    __tablename__ = "callback_requests"
+
+class EscalationStatus(StrEnum):
+    waiting = "waiting"
+    in_progress = "in_progress"
+    resolved = "resolved"
+    abandoned = "abandoned"
+
+
+class Escalation(Base):
+    """A case for an operator: a transfer or a callback request, with what already happened.
+
+    `context` is JSON without secrets (the flow's own notes); the audit history of the case is
+    found by `session_ref` (the CallSid or SMS thread) and `account_ref`.
+    """
+
+    __tablename__ = "escalations"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
+    kind: Mapped[EscalationKind] = mapped_column(_enum(EscalationKind, "escalation_kind"))
     channel: Mapped[str] = mapped_column(String(16))
-    phone: Mapped[str] = mapped_column(String(20))
+    session_ref: Mapped[str] = mapped_column(String(64), default="", index=True)
+    # The resident's number, to call back; shown masked except to the operator working the case.
+    phone: Mapped[str] = mapped_column(String(20), default="")
     account_ref: Mapped[str | None] = mapped_column(String(64), index=True)
     account_masked: Mapped[str | None] = mapped_column(String(32))
+    purpose: Mapped[str | None] = mapped_column(String(16))
+    # none / code_sent / verified: how far the resident got in proving the phone.
+    verification: Mapped[str] = mapped_column(String(16), default="none")
+    attempts: Mapped[int] = mapped_column(default=0)
     reason: Mapped[str] = mapped_column(String(32))
     context: Mapped[str] = mapped_column(Text, default="{}")
-    status: Mapped[str] = mapped_column(String(16), default="waiting", index=True)
+    status: Mapped[EscalationStatus] = mapped_column(
+        _enum(EscalationStatus, "escalation_status"), default=EscalationStatus.waiting, index=True
+    )
+    # What the transfer came to: answered, no_answer, hung_up, callback_requested, ...
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    operator: Mapped[str | None] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    taken_at: Mapped[datetime | None] = mapped_column()
+    closed_at: Mapped[datetime | None] = mapped_column()
 
     def __repr__(self) -> str:
-        return f"CallbackRequest(id={self.id}, channel={self.channel}, status={self.status})"
+        return (
+            f"Escalation(id={self.id}, kind={self.kind}, channel={self.channel}, "
+            f"status={self.status})"
+        )
+
+
+class OperatorRole(StrEnum):
+    operator = "operator"
+    supervisor = "supervisor"
+
+
+class Operator(Base):
+    """A person who signs in to the operator console; the password only as an Argon2id hash."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128), default="")
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[OperatorRole] = mapped_column(
+        _enum(OperatorRole, "operator_role"), default=OperatorRole.operator
+    )
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column()
+
+    def __repr__(self) -> str:
+        return f"Operator(id={self.id}, username={self.username!r}, role={self.role})"

@@ -7,9 +7,10 @@ from urllib.parse import urlencode
 
 import structlog
 
-from core.callbacks import CallbackRequests
 from core.config import Settings
+from core.escalations import Escalations
 from core.metrics import ESCALATIONS
+from core.models import EscalationKind
 from core.optout import OptOuts
 from core.recovery import Channel, Purpose, RecoveryService, SendOutcome, VerifyOutcome
 from sms.grammar import Command, Keyword
@@ -49,13 +50,13 @@ class SmsDialog:
         settings: Settings,
         recovery: RecoveryService,
         opt_outs: OptOuts,
-        callbacks: CallbackRequests,
+        escalations: Escalations,
         threads: SmsThreads,
     ) -> None:
         self._settings = settings
         self._recovery = recovery
         self._opt_outs = opt_outs
-        self._callbacks = callbacks
+        self._escalations = escalations
         self._threads = threads
 
     async def handle(self, sender: str, message_sid: str, command: Command) -> Reply | None:
@@ -170,13 +171,14 @@ class SmsDialog:
 
     async def _operator(self, thread: SmsThread) -> Reply:
         attempt = await self._recovery.load(thread.attempt_id) if thread.attempt_id else None
-        await self._callbacks.create(
+        await self._escalations.open(
+            kind=EscalationKind.callback,
             channel="sms",
             phone=thread.sender,
             reason="caller_request",
             account_number=attempt.account_number if attempt else None,
             purpose=thread.purpose,
-            code_requested=attempt is not None,
+            verification="code_sent" if attempt is not None else "none",
         )
         ESCALATIONS.labels(channel="sms", reason="caller_request").inc()
         log.info("sms.callback_requested", has_attempt=attempt is not None)

@@ -8,9 +8,9 @@ import structlog
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from twilio.twiml.messaging_response import MessagingResponse
 
-from core.callbacks import CallbackRequests
 from core.delivery import FAILED_STATUSES, record_status
 from core.deps import DbSession, SendAfterResponse, ServicesDep, TwilioRequest
+from core.escalations import Escalations
 from core.optout import OptOuts
 from core.phones import InvalidPhoneNumber, mask_phone, parse_phone
 from core.twilio_security import TwilioForm
@@ -55,7 +55,7 @@ def _dialog(services: ServicesDep, db: DbSession) -> SmsDialog:
         settings=services.settings,
         recovery=services.recovery(db),
         opt_outs=OptOuts(db),
-        callbacks=CallbackRequests(db, services.keyring),
+        escalations=Escalations(db, services.keyring),
         threads=_threads(services),
     )
 

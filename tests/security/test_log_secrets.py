@@ -25,7 +25,14 @@ from redis.asyncio import Redis
 from core.accounts import AccountRecord
 from core.config import Settings
 from core.crypto import Keyring
-from core.models import CallbackRequest, Credential, OutboundChannel, OutboxMessage
+from core.models import (
+    Credential,
+    Escalation,
+    EscalationKind,
+    Operator,
+    OutboundChannel,
+    OutboxMessage,
+)
 from core.phones import parse_phone
 from core.recovery import Attempt, Channel, Completion, Purpose
 from core.twilio_security import SignatureVerifier, TwilioForm
@@ -367,8 +374,10 @@ def objects(settings: Settings) -> list[object]:
         *phones,
         SmsThread(sender=MOBILE, attempt_id="att-1", purpose="password"),
         Credential(account_id=1, password_hash="$argon2id$" + PASSWORD, is_temporary=True),
-        CallbackRequest(
+        Operator(id=1, username="ivanova", password_hash="$argon2id$" + PASSWORD),
+        Escalation(
             id=1,
+            kind=EscalationKind.callback,
             channel="sms",
             phone=MOBILE,
             account_masked="*******001",

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from core.accounts import SqlAccountDirectory
 from core.db import create_engine, create_sessionmaker, transaction
-from core.models import CallbackRequest, OutboxMessage
+from core.models import Escalation, EscalationKind, OutboxMessage
 from tests.conftest import (
     LANDLINE,
     MOBILE,
@@ -141,12 +141,13 @@ async def test_operator_creates_a_callback_request(gateway: Gateway, phone: Phon
     assert await phone.text("оператор") == [reply("sms.reply_callback")]
     engine = create_engine(gateway.settings.database_url)
     async with create_sessionmaker(engine)() as session:
-        requests = (await session.scalars(select(CallbackRequest))).all()
+        requests = (await session.scalars(select(Escalation))).all()
     await engine.dispose()
     assert len(requests) == 1
     assert requests[0].phone == MOBILE and requests[0].channel == "sms"
     assert requests[0].account_masked == "*******001"
-    assert '"code_requested": true' in requests[0].context
+    assert requests[0].kind is EscalationKind.callback
+    assert requests[0].verification == "code_sent"
 
 
 async def test_help_and_unknown(gateway: Gateway, phone: Phone) -> None:
