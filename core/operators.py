@@ -65,7 +65,12 @@ class OperatorRepository:
         self._session = session
 
     async def add(
-        self, username: str, password: str, *, display_name: str = "", role: OperatorRole
+        self,
+        username: str,
+        password: str,
+        *,
+        display_name: str = "",
+        role: OperatorRole = OperatorRole.operator,
     ) -> OperatorInfo:
         """Create an operator; raises OperatorError for a taken name or a weak password."""
         name = normalise_username(username)

@@ -7,6 +7,7 @@ operator, every POST a valid CSRF token; the text operators read lives in the te
 from __future__ import annotations
 
 import hmac
+import json
 import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -54,6 +55,12 @@ def _local_time(moment: datetime | None) -> str:
     return moment.astimezone(DESK_TIMEZONE).strftime("%d.%m.%Y %H:%M")
 
 
+def _local_time_seconds(moment: datetime | None) -> str:
+    if moment is None:
+        return "—"
+    return moment.astimezone(DESK_TIMEZONE).strftime("%d.%m %H:%M:%S")
+
+
 def _duration(delta: timedelta | None) -> str:
     if delta is None:
         return "—"
@@ -67,12 +74,30 @@ def _duration(delta: timedelta | None) -> str:
     return f"{hours} ч {minutes} мин" if hours else f"{minutes} мин"
 
 
+def _detail_pairs(detail: str) -> list[tuple[str, str]]:
+    """An audit row's detail JSON as (key, value) pairs to show; nulls left out."""
+    try:
+        data = json.loads(detail or "{}")
+    except ValueError:
+        return []
+    if not isinstance(data, dict):
+        return []
+    words = {True: "да", False: "нет"}
+    return [
+        (str(key), words[value] if isinstance(value, bool) else str(value))
+        for key, value in sorted(data.items())
+        if value is not None
+    ]
+
+
 def _waited(escalation: Escalation) -> str:
     end = escalation.closed_at or utcnow()
     return _duration(end - escalation.created_at)
 
 
 templates.env.filters["local_time"] = _local_time
+templates.env.filters["local_time_s"] = _local_time_seconds
+templates.env.filters["detail_pairs"] = _detail_pairs
 templates.env.filters["duration"] = _duration
 templates.env.filters["waited"] = _waited
 templates.env.filters["phone_last4"] = mask_phone_last4
