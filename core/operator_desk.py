@@ -70,7 +70,6 @@ class Sent:
 
     purpose: Purpose
     to_masked: str
-    contacts_notified: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
@@ -116,6 +117,9 @@ class ConsoleForbidden(Exception):
 
 
 router = APIRouter(prefix="/console", include_in_schema=False)
+
+# Case numbers are database ids: anything beyond a 32-bit id is refused before any query.
+CaseId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 
 
 # -- dependencies -----------------------------------------------------------------------------
@@ -356,7 +360,7 @@ async def _case_page(
 
 @router.get("/cases/{escalation_id}", response_class=HTMLResponse)
 async def case_page(
-    request: Request, escalation_id: int, session: SignedIn, desk: Desk, done: str | None = None
+    request: Request, escalation_id: CaseId, session: SignedIn, desk: Desk, done: str | None = None
 ) -> HTMLResponse:
     """One case: its context, the actions, and its audit history."""
     return await _case_page(request, session, desk, escalation_id, done=done)
@@ -392,7 +396,7 @@ async def _refused(
 
 @router.post("/cases/{escalation_id}/take")
 async def take(
-    request: Request, escalation_id: int, form: CheckedForm, session: SignedIn, desk: Desk
+    request: Request, escalation_id: CaseId, form: CheckedForm, session: SignedIn, desk: Desk
 ) -> Response:
     """Take the case: in progress, under this operator's name."""
     try:
@@ -404,7 +408,7 @@ async def take(
 
 @router.post("/cases/{escalation_id}/temporary-password", dependencies=[SendAfterResponse])
 async def send_temporary_password(
-    request: Request, escalation_id: int, form: CheckedForm, session: SignedIn, desk: Desk
+    request: Request, escalation_id: CaseId, form: CheckedForm, session: SignedIn, desk: Desk
 ) -> Response:
     """Issue a temporary password and text it to the mobile on file; nobody here sees it."""
     return await _send(request, escalation_id, form, session, desk, Purpose.password)
@@ -412,7 +416,7 @@ async def send_temporary_password(
 
 @router.post("/cases/{escalation_id}/login", dependencies=[SendAfterResponse])
 async def resend_login(
-    request: Request, escalation_id: int, form: CheckedForm, session: SignedIn, desk: Desk
+    request: Request, escalation_id: CaseId, form: CheckedForm, session: SignedIn, desk: Desk
 ) -> Response:
     """Text the cabinet login to the mobile on file."""
     return await _send(request, escalation_id, form, session, desk, Purpose.login)
@@ -441,7 +445,7 @@ async def _send(
 
 @router.post("/cases/{escalation_id}/resolve")
 async def resolve(
-    request: Request, escalation_id: int, form: CheckedForm, session: SignedIn, desk: Desk
+    request: Request, escalation_id: CaseId, form: CheckedForm, session: SignedIn, desk: Desk
 ) -> Response:
     """Close the case as resolved, with the operator's note."""
     return await _close(request, escalation_id, form, session, desk, EscalationStatus.resolved)
@@ -449,7 +453,7 @@ async def resolve(
 
 @router.post("/cases/{escalation_id}/abandon")
 async def abandon(
-    request: Request, escalation_id: int, form: CheckedForm, session: SignedIn, desk: Desk
+    request: Request, escalation_id: CaseId, form: CheckedForm, session: SignedIn, desk: Desk
 ) -> Response:
     """Close the case as abandoned (the resident could not be reached)."""
     return await _close(request, escalation_id, form, session, desk, EscalationStatus.abandoned)

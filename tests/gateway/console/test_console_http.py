@@ -464,3 +464,5 @@ async def test_unknown_case_is_a_clear_404(operator: ConsoleClient) -> None:
     response = await operator.http.get("/console/cases/999999")
     assert response.status_code == 404
     assert "Обращение не найдено" in response.text
+    for path in ("/console/cases/abc", "/console/cases/99999999999999999999", "/console/cases/0"):
+        assert (await operator.http.get(path)).status_code == 422, path
