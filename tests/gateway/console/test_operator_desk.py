@@ -103,8 +103,10 @@ async def test_stats_count_by_status_kind_reason_and_time_waiting(services: Serv
         )
         stats = await desk(services, session).stats()
         queue = await desk(services, session).queue()
-        history = await desk(services, session).history(callback)
         closed = await desk(services, session).recently_closed()
+    # Audit events are chained when their transaction commits: read them in the next one.
+    async with transaction(services.sessionmaker) as session:
+        history = await desk(services, session).history(callback)
 
     assert stats.by_status == {"waiting": 3, "resolved": 3}
     assert stats.open_by_kind == {"transfer": 3}
