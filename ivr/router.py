@@ -165,6 +165,8 @@ async def verification_call(
     if existing is not None:
         return _render(services, existing)
     call = await flow.open_verification_call(call_sid, attempt_id)
+    # The resident is the called party here: an operator would call them back on it.
+    call.caller = form.get("To")[:32]
     if call.state is State.verify_greeting:
         await store.create(call)
     return _render(services, call)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from urllib.parse import urlencode
 
 from core.config import OperatorRoute, Settings
@@ -179,7 +180,7 @@ class Screens:
         if position:
             lines.append(self._say("voice.queue_position", language, position=position))
         if average_seconds > 0:
-            minutes = max(1, round(average_seconds / 60))
+            minutes = max(1, math.ceil(average_seconds / 60))
             wait = self._prompts.count("hours.minutes", minutes, language)
             lines.append(self._say("voice.queue_wait", language, wait=wait))
         lines.append(self._say("voice.queue_hold", language))
