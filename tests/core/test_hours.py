@@ -173,3 +173,21 @@ def test_zone_errors_are_clear() -> None:
     with pytest.raises(HoursError, match="time zone"):
         parse_zone("Nowhere/Special")
     assert parse_zone("Europe/Moscow") == MOSCOW
+
+
+def test_the_hours_pieces_exist_in_every_language() -> None:
+    for language in Language:
+        for key in ("from_day", "to_day", "on_day", "short_from_day", "short_to_day"):
+            assert len(PROMPTS.words(f"hours.{key}", language)) == 7, (key, language)
+        assert len(PROMPTS.words("hours.short_on_day", language)) == 7
+        assert PROMPTS.text("hours.always", language)
+    assert [PROMPTS.count("hours.minutes", n, Language.ru) for n in (1, 3, 5, 11, 21, 22)] == [
+        "1 минута",
+        "3 минуты",
+        "5 минут",
+        "11 минут",
+        "21 минута",
+        "22 минуты",
+    ]
+    assert PROMPTS.count("hours.minutes", 1, Language.en) == "1 minute"
+    assert PROMPTS.count("hours.minutes", 12, Language.en) == "12 minutes"

@@ -12,11 +12,12 @@ import pytest
 from core.config import OperatorRoute, Settings
 from core.crypto import Keyring
 from core.phones import mask_account
+from gateway.simulator import PhoneSimulator, ScriptedIO
 from ivr.menu import State
 from ivr.screens import Screens
 from ivr.session import CallSession
 from ivr.twiml import Renderer
-from tests.conftest import MOBILE_ONLY, Gateway
+from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, Gateway
 from tests.ivr.conftest import OPEN_NOW, Case, set_clock, stored_cases
 from tests.ivr.test_webhooks import (
     PROMPTS,
@@ -283,3 +284,44 @@ async def test_the_desk_summarises_the_first_caller_then_takes_them(gateway: Gat
 async def test_the_desk_refuses_unsigned_requests(gateway: Gateway) -> None:
     response = await gateway.twilio.http.post("/ivr/operator-desk", data=desk_form())
     assert response.status_code == 403
+
+
+# -- the phone simulator in the queue -----------------------------------------------------------
+
+
+def simulator(gateway: Gateway, io: ScriptedIO) -> PhoneSimulator:
+    return PhoneSimulator(
+        gateway_url="http://gateway.internal",
+        public_base_url=PUBLIC_BASE_URL,
+        account_sid="AC" + "0" * 32,
+        auth_token=AUTH_TOKEN,
+        phone_number=MOBILE,
+        service_number=gateway.settings.hotline_number,
+        io=io,
+        client=gateway.twilio.http,
+        auto_answer=False,
+    )
+
+
+async def test_simulator_shows_the_hold_prompt_and_star_leaves(gateway: Gateway) -> None:
+    io = ScriptedIO(["0", "*"])
+    result = await simulator(gateway, io).call()
+    said = " ".join(text for text, _ in io.said)
+    assert ru("voice.queue_position", position=1) in said
+    assert ru("voice.queue_hold") in said
+    assert f"[waiting in the operator queue {QUEUE!r}]" in io.infos
+    assert "[you left the queue]" in io.infos
+    assert ru("voice.callback_accepted") in said
+    assert result.ended_by == "hangup"
+    [case] = await stored_cases(gateway.settings)
+    assert (case.kind, case.status) == ("callback", "waiting")
+
+
+async def test_simulator_waits_in_silence_and_ends(gateway: Gateway) -> None:
+    io = ScriptedIO(["0", None])
+    result = await simulator(gateway, io).call()
+    assert result.ended_by == "enqueue"
+    assert ru("voice.queue_hold") in " ".join(text for text, _ in io.said)
+    # The simulated call then ends: the caller gave up waiting.
+    [case] = await stored_cases(gateway.settings)
+    assert (case.kind, case.status, case.outcome) == ("transfer", "abandoned", "hung_up")
