@@ -11,7 +11,7 @@ from core.config import Settings
 from core.crypto import Keyring
 from core.escalations import Escalations
 from core.hours import Clock, Schedule, utc_now
-from core.metrics import ESCALATIONS
+from core.metrics import ESCALATIONS, TRANSFER_OUTCOMES
 from core.models import EscalationKind
 from core.recovery import (
     Attempt,
@@ -178,6 +178,8 @@ class VoiceFlow:
         existing = await self._escalations.get(call.escalation_id) if call.escalation_id else None
         after_hours = call.state is State.after_hours
         if existing is not None:
+            route = self._settings.operator_route.value
+            TRANSFER_OUTCOMES.labels(route=route, outcome="callback").inc()
             await self._escalations.to_callback(existing, after_hours=after_hours)
         else:
             escalation = await self._escalations.open(

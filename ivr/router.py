@@ -14,6 +14,7 @@ from core.delivery import record_status
 from core.deps import DbSession, SendAfterResponse, ServicesDep, TwilioRequest
 from core.escalations import Escalations
 from core.hours import Schedule, utc_now
+from core.metrics import TRANSFER_OUTCOMES
 from core.models import Escalation, EscalationKind
 from core.services import Services
 from core.twilio_security import TwilioForm
@@ -196,15 +197,28 @@ async def _update_case(services: Services, call_sid: str, change: CaseChange) ->
         return False
 
 
+def _count_outcome(cases: Escalations, case: Escalation, outcome: str) -> None:
+    route = str(cases.context(case).get("route") or "dial")
+    TRANSFER_OUTCOMES.labels(
+        route=route if route in ("dial", "enqueue") else "dial", outcome=outcome
+    ).inc()
+
+
 async def _answered(cases: Escalations, case: Escalation) -> None:
+    if case.outcome != "answered":
+        _count_outcome(cases, case, "answered")
     await cases.answered(case)
 
 
 async def _unanswered(cases: Escalations, case: Escalation) -> None:
+    if case.outcome is None:
+        _count_outcome(cases, case, "no_answer")
     await cases.unanswered(case)
 
 
 async def _abandoned(cases: Escalations, case: Escalation) -> None:
+    if case.kind is EscalationKind.transfer and case.status.value == "waiting":
+        _count_outcome(cases, case, "hung_up")
     await cases.abandoned(case)
 
 
@@ -326,6 +340,7 @@ async def _callback_from_queue(
     cases = Escalations(db, services.keyring)
     case = await cases.find_open(call_sid)
     if case is not None and case.kind is EscalationKind.transfer:
+        _count_outcome(cases, case, "callback")
         await cases.to_callback(case, left_queue=True)
     elif case is None:
         call = await _load_or_none(services, call_sid)
@@ -386,6 +401,6 @@ async def call_status(form: TwilioRequest, services: ServicesDep, db: DbSession)
         cases = Escalations(db, services.keyring)
         case = await cases.find_open(call_sid)
         if case is not None:
-            await cases.abandoned(case)
+            await _abandoned(cases, case)
     log.info("ivr.status", call=call_sid, status=form.get("CallStatus")[:16])
     return Response(status_code=status.HTTP_204_NO_CONTENT)

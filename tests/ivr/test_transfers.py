@@ -372,3 +372,29 @@ async def test_the_apology_outside_hours_needs_no_state(gateway: Gateway) -> Non
     set_clock(gateway, OPEN_NOW)
     response = await answer_at(call, "/ivr/step?s=0", Digits="1")
     assert ET.fromstring(response.text).find("Dial/Number") is not None
+
+
+async def outcome_total(gateway: Gateway, outcome: str) -> float:
+    response = await gateway.twilio.http.get("/metrics")
+    assert response.status_code == 200
+    for line in response.text.splitlines():
+        if line.startswith("gateway_transfer_outcomes_total{") and (
+            f'outcome="{outcome}"' in line and 'route="dial"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_transfer_outcomes_are_counted_once(gateway: Gateway) -> None:
+    before = {o: await outcome_total(gateway, o) for o in ("no_answer", "callback", "hung_up")}
+    call = await at_main_menu(gateway)
+    await call.press("0")
+    action = dial_action(call)
+    await dial_result(call, action, "no-answer")
+    await dial_result(call, action, "no-answer")  # a retried webhook counts once
+    await call.press("1")
+    await call_status(gateway, call, "completed")
+    after = {o: await outcome_total(gateway, o) for o in before}
+    assert after["no_answer"] == before["no_answer"] + 1
+    assert after["callback"] == before["callback"] + 1
+    assert after["hung_up"] == before["hung_up"]
