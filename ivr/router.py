@@ -327,16 +327,21 @@ async def queue_result(
         await _update_case(services, call_sid, _abandoned)
         return _show(services, Screen(ending=Ending.hangup))
     if result == "leave":
-        return await _callback_from_queue(services, db, call_sid, _language(language))
+        caller = form.get("From")[:32]
+        return await _callback_from_queue(services, db, call_sid, caller, _language(language))
     # queue-full, error, system-error, redirected: nobody will answer from this queue.
     await _update_case(services, call_sid, _unanswered)
     return await _offer_callback(services, call_sid)
 
 
 async def _callback_from_queue(
-    services: Services, db: DbSession, call_sid: str, language: Language
+    services: Services, db: DbSession, call_sid: str, caller: str, language: Language
 ) -> Response:
-    """`*` while waiting: the transfer becomes a callback request, once (retries answer alike)."""
+    """`*` while waiting: the transfer becomes a callback request, once (retries answer alike).
+
+    A caller queued by the stateless apology has neither a case nor a session: the request is
+    stored with the number Twilio gives.
+    """
     cases = Escalations(db, services.keyring)
     case = await cases.find_open(call_sid)
     if case is not None and case.kind is EscalationKind.transfer:
@@ -344,19 +349,18 @@ async def _callback_from_queue(
         await cases.to_callback(case, left_queue=True)
     elif case is None:
         call = await _load_or_none(services, call_sid)
-        if call is not None:
-            await cases.open(
-                kind=EscalationKind.callback,
-                channel="voice",
-                session_ref=call_sid,
-                phone=call.caller,
-                reason=call.reason or "caller_request",
-                account_number=call.account,
-                purpose=call.purpose,
-                verification=call.verification.value,
-                attempts=call.failures,
-                left_queue=True,
-            )
+        await cases.open(
+            kind=EscalationKind.callback,
+            channel="voice",
+            session_ref=call_sid,
+            phone=call.caller if call and call.caller else caller,
+            reason=(call.reason if call else None) or "error",
+            account_number=call.account if call else None,
+            purpose=call.purpose if call else None,
+            verification=call.verification.value if call else "none",
+            attempts=call.failures if call else 0,
+            left_queue=True,
+        )
     log.info("ivr.callback_requested", call=call_sid, left_queue=True)
     return _show(services, _screens(services).callback_taken(language))
 

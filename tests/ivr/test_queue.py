@@ -325,3 +325,17 @@ async def test_simulator_waits_in_silence_and_ends(gateway: Gateway) -> None:
     # The simulated call then ends: the caller gave up waiting.
     [case] = await stored_cases(gateway.settings)
     assert (case.kind, case.status, case.outcome) == ("transfer", "abandoned", "hung_up")
+
+
+async def test_leaving_a_queue_without_state_still_stores_the_request(gateway: Gateway) -> None:
+    """A caller queued by the stateless apology (no case, no session) who pressed `*`."""
+    call = gateway.call()
+    await post(call, f"/ivr/queue-result?c={call.call_sid}&l=ru", QueueResult="leave")
+    assert ru("voice.callback_accepted") in call.text and call.verbs()[-1] == "Hangup"
+    [case] = await stored_cases(gateway.settings)
+    assert (case.kind, case.status, case.phone, case.reason) == (
+        "callback",
+        "waiting",
+        MOBILE,
+        "error",
+    )
