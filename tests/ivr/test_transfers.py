@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from core.config import Settings
 from core.phones import mask_account
+from core.recovery import RecoveryService
 from ivr.menu import State
 from tests.conftest import LANDLINE, LANDLINE_ONLY, MOBILE, MOBILE_ONLY, Gateway
 from tests.ivr.conftest import (
@@ -33,6 +34,7 @@ from tests.ivr.test_webhooks import (
     at_account_entry,
     at_code_entry,
     at_main_menu,
+    at_method_choice,
     fetch_whisper,
     form,
     last_code,
@@ -398,3 +400,25 @@ async def test_transfer_outcomes_are_counted_once(gateway: Gateway) -> None:
     assert after["no_answer"] == before["no_answer"] + 1
     assert after["callback"] == before["callback"] + 1
     assert after["hung_up"] == before["hung_up"]
+
+
+@pytest.mark.parametrize("desk", ["open", "closed"])
+async def test_a_crash_transfers_without_a_case_or_says_the_hours(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, desk: str
+) -> None:
+    """The guard's apology needs neither the database nor Redis; the crashed step stores nothing."""
+    call = await at_method_choice(gateway)
+
+    async def crash(*_: object, **__: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(RecoveryService, "send_sms_code", crash)
+    set_clock(gateway, OPEN_NOW if desk == "open" else CLOSED_NOW)
+    await call.press("1")
+    assert ru("voice.error_apology") in call.text
+    if desk == "open":
+        assert_transfer_twiml(call, gateway)
+    else:
+        assert call.twiml.find("Dial") is None and call.verbs()[-1] == "Hangup"
+        assert "с понедельника по пятницу с 8:00 до 20:00" in call.text
+    assert await stored_cases(gateway.settings) == []
