@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,7 +18,7 @@ ContextValue = str | int | bool | None
 OPEN_STATUSES = (EscalationStatus.waiting, EscalationStatus.in_progress)
 
 
-class Outcome:
+class Outcome(StrEnum):
     """What a transfer came to (the `outcome` column)."""
 
     answered = "answered"

@@ -12,10 +12,10 @@ from redis.exceptions import RedisError
 
 from core.delivery import record_status
 from core.deps import DbSession, SendAfterResponse, ServicesDep, TwilioRequest
-from core.escalations import Escalations
+from core.escalations import Escalations, Outcome
 from core.hours import Schedule, utc_now
 from core.metrics import TRANSFER_OUTCOMES
-from core.models import Escalation, EscalationKind
+from core.models import Escalation, EscalationKind, EscalationStatus
 from core.services import Services
 from core.twilio_security import TwilioForm
 from core.webhooks import fallback_route
@@ -205,7 +205,7 @@ def _count_outcome(cases: Escalations, case: Escalation, outcome: str) -> None:
 
 
 async def _answered(cases: Escalations, case: Escalation) -> None:
-    if case.outcome != "answered":
+    if case.outcome != Outcome.answered:
         _count_outcome(cases, case, "answered")
     await cases.answered(case)
 
@@ -217,7 +217,7 @@ async def _unanswered(cases: Escalations, case: Escalation) -> None:
 
 
 async def _abandoned(cases: Escalations, case: Escalation) -> None:
-    if case.kind is EscalationKind.transfer and case.status.value == "waiting":
+    if case.kind is EscalationKind.transfer and case.status is EscalationStatus.waiting:
         _count_outcome(cases, case, "hung_up")
     await cases.abandoned(case)
 
