@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime
 from functools import cache
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -132,21 +132,6 @@ class Schedule:
         interval = self.days.get(local.weekday())
         return interval is not None and interval.contains(local.hour * 60 + local.minute)
 
-    def next_opening(self, now: datetime) -> datetime:
-        """When the desk next opens (`now` itself when open), in the schedule's time zone."""
-        local = now.astimezone(self.zone)
-        if self.is_open(now):
-            return local
-        for offset in range(0, 400):
-            day = local.date() + timedelta(days=offset)
-            interval = self.days.get(day.weekday())
-            if interval is None or self.is_holiday(day):
-                continue
-            opening = datetime.combine(day, _time(interval.opens), self.zone)
-            if opening > local:
-                return opening
-        raise HoursError("the schedule never opens")
-
     def groups(self) -> list[tuple[int, int, Interval]]:
         """Runs of consecutive days with the same hours: (first day, last day, interval)."""
         runs: list[tuple[int, int, Interval]] = []
@@ -187,10 +172,6 @@ class Schedule:
                 )
             )
         return prompts.text("hours.separator", language).join(parts)
-
-
-def _time(minutes: int) -> time:
-    return time(minutes // 60, minutes % 60)
 
 
 def _clock_text(minutes: int) -> str:

@@ -132,15 +132,6 @@ def test_official_russian_holidays() -> None:
     assert with_official.is_open(moscow(*TUESDAY, 12, 0))
 
 
-def test_next_opening() -> None:
-    desk = schedule(holidays=frozenset({date(2026, 11, 30)}))
-    assert desk.next_opening(moscow(*TUESDAY, 21, 0)) == moscow(2026, 11, 25, 8, 0)
-    assert desk.next_opening(moscow(*TUESDAY, 6, 0)) == moscow(*TUESDAY, 8, 0)
-    # Saturday evening → Monday is a holiday → Tuesday 08:00.
-    assert desk.next_opening(moscow(*SATURDAY, 17, 0)) == moscow(2026, 12, 1, 8, 0)
-    assert desk.next_opening(moscow(*TUESDAY, 12, 0)) == moscow(*TUESDAY, 12, 0)
-
-
 def test_the_hours_in_words() -> None:
     desk = schedule()
     assert desk.describe(PROMPTS, Language.ru) == (
