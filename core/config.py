@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "dev", "development"})
@@ -24,6 +25,11 @@ class Environment(StrEnum):
 class MessengerKind(StrEnum):
     twilio = "twilio"
     outbox = "outbox"
+
+
+class OperatorRoute(StrEnum):
+    dial = "dial"  # <Dial> the operator's number or SIP URI
+    enqueue = "enqueue"  # <Enqueue> into a named queue that operators dequeue
 
 
 class UnsafeSettingsError(Exception):
@@ -115,6 +121,47 @@ class Settings(BaseSettings):
     console_signin_per_user: Annotated[int, Field(ge=1)] = 5
     console_signin_per_ip: Annotated[int, Field(ge=1)] = 20
     # --- end of the operator console block ----------------------------------------------------
+
+    # -- Operator routing and working hours (§3, issue 5; docs/operations.md) --------------
+    # `operator_number` (above) is an E.164 number or a `sip:` URI; with the enqueue route the
+    # caller waits in `operator_queue`, and operators' phones dial in to /ivr/operator-desk.
+    operator_route: OperatorRoute = OperatorRoute.dial
+    operator_queue: Annotated[str, Field(min_length=1, max_length=64)] = "eirc-operators"
+    operator_dial_timeout_seconds: Annotated[int, Field(ge=5, le=120)] = 30
+    # The hold prompt (position, estimated wait) is repeated after this pause.
+    operator_queue_repeat_seconds: Annotated[int, Field(ge=5, le=120)] = 20
+    # The operators' working hours, e.g. "mon-fri 08:00-20:00; sat 10:00-16:00" (core/hours.py).
+    # Empty: the desk is always open (and holidays do not apply).
+    operator_hours: str = ""
+    operator_timezone: str = "Europe/Moscow"
+    # Extra days off, e.g. ["2026-12-30"]; Russia's official holidays come from `holidays`.
+    operator_holidays: list[date] = []
+    operator_official_holidays: bool = True
+
+    @field_validator("operator_number")
+    @classmethod
+    def _check_operator_number(cls, value: str) -> str:
+        if not re.fullmatch(r"\+[1-9]\d{6,14}|sip:[^\s<>\"]+@[^\s<>\"]+", value):
+            raise ValueError("GATEWAY_OPERATOR_NUMBER must be an E.164 number or a sip: URI")
+        return value
+
+    @field_validator("operator_hours")
+    @classmethod
+    def _check_operator_hours(cls, value: str) -> str:
+        from core.hours import parse_hours
+
+        parse_hours(value)  # a HoursError (a ValueError) names what is wrong
+        return value
+
+    @field_validator("operator_timezone")
+    @classmethod
+    def _check_operator_timezone(cls, value: str) -> str:
+        from core.hours import parse_zone
+
+        parse_zone(value)
+        return value
+
+    # -- end of operator routing and working hours -----------------------------------------
 
     log_json: bool = False
     log_level: str = "INFO"

@@ -19,3 +19,10 @@ ESCALATIONS = Counter(
     "Transfers to an operator by reason.",
     ["channel", "reason"],
 )
+
+# -- Operator routing (issue 5): what transfers came to --------------------------------------
+TRANSFER_OUTCOMES = Counter(
+    "gateway_transfer_outcomes",
+    "Transfers to an operator by route and outcome (answered, no_answer, hung_up, callback).",
+    ["route", "outcome"],
+)

@@ -459,8 +459,7 @@ class PhoneSimulator:
             case "Dial":
                 return await self._dial(call, verb, document_url)
             case "Enqueue":
-                self._info(call, f"[waiting in the operator queue {_text(verb)!r}]")
-                return "enqueue"
+                return await self._enqueue(call, verb, document_url)
             case "Hangup":
                 self._info(call, "[the gateway hung up]")
                 return "hangup"
@@ -471,6 +470,53 @@ class PhoneSimulator:
             case _:
                 self._info(call, f"[<{verb.tag}> is not simulated: skipped]")
         return None
+
+    async def _enqueue(self, call: _Call, verb: ET.Element, document_url: str) -> _Outcome:
+        """Wait in the queue: the hold prompt (waitUrl) once, as the first caller in line.
+
+        Nobody dequeues a simulated call; a key that makes the hold prompt answer <Leave/> takes
+        the caller out of the queue, and Twilio then requests the Enqueue action (QueueResult
+        leave), as it would.
+        """
+        self._info(call, f"[waiting in the operator queue {_text(verb)!r}]")
+        queue = {"QueueSid": _new_sid("QU"), "QueueTime": "0"}
+        wait_url = verb.get("waitUrl")
+        if wait_url:
+            wait = _Request(
+                _resolve(document_url, wait_url),
+                verb.get("waitUrlMethod") or "POST",
+                {**queue, "QueuePosition": "1", "CurrentQueueSize": "1", "AvgQueueTime": "0"},
+            )
+            if await self._hold(call, wait) and verb.get("action"):
+                self._info(call, "[you left the queue]")
+                params = {**queue, "QueueResult": "leave"}
+                return _Request(
+                    _resolve(document_url, verb.get("action") or ""), _method(verb), params
+                )
+        self._info(call, "[the simulator does not answer queued calls: the call ends here]")
+        return "enqueue"
+
+    async def _hold(self, call: _Call, request: _Request) -> bool:
+        """Play one round of the hold prompt; True when it made the caller leave the queue."""
+        root = await self._fetch(call, request)
+        while root is not None:
+            for verb in root:
+                if verb.tag == "Leave":
+                    return True
+                if verb.tag in {"Say", "Play", "Pause"}:
+                    await self._verb(call, verb, request.url)
+                elif verb.tag == "Gather":
+                    answer = self._gather(call, verb, request.url)
+                    if not isinstance(answer, _Request) or not answer.params.get("Digits"):
+                        return False
+                    request = answer
+                    break
+                else:
+                    self._info(call, f"[<{verb.tag}> in the hold prompt: skipped]")
+            else:
+                return False
+            root = await self._fetch(call, request)
+        return False
 
     def _say(self, call: _Call, verb: ET.Element) -> None:
         text = _text(verb)

@@ -9,7 +9,10 @@ import structlog
 
 from core.config import Settings
 from core.crypto import Keyring
-from core.metrics import ESCALATIONS
+from core.escalations import Escalations
+from core.hours import Clock, Schedule, utc_now
+from core.metrics import ESCALATIONS, TRANSFER_OUTCOMES
+from core.models import EscalationKind
 from core.recovery import (
     Attempt,
     Channel,
@@ -52,11 +55,16 @@ class VoiceFlow:
         recovery: RecoveryService,
         keyring: Keyring,
         prompts: Catalogue,
+        escalations: Escalations,
+        clock: Clock = utc_now,
     ) -> None:
         self._settings = settings
         self._recovery = recovery
         self._keyring = keyring
         self._prompts = prompts
+        self._escalations = escalations
+        self._clock = clock
+        self._schedule = Schedule.from_settings(settings)
         self._base = settings.public_base_url.rstrip("/")
 
     # -- input ------------------------------------------------------------------------------
@@ -88,7 +96,7 @@ class VoiceFlow:
             await self._act(call, spec.keys[keys])
             return
         if given.speech and any(word in given.speech.lower() for word in OPERATOR_WORDS):
-            self._to_operator(call, "caller_request")
+            await self._to_operator(call, "caller_request")
             return
         if spec.entry is Entry.account_number:
             await self._account_entered(call, keys or self._spoken_digits(call, given))
@@ -102,10 +110,11 @@ class VoiceFlow:
 
     async def _retry(self, call: CallSession, notice: str) -> None:
         call.tries += 1
+        call.failures += 1
         if call.tries >= self._settings.menu_max_tries:
             exhausted = MENU[call.state].exhausted
             if exhausted is State.operator:
-                self._to_operator(call, "retries_exhausted", notice="voice.too_many_tries")
+                await self._to_operator(call, "retries_exhausted", notice="voice.too_many_tries")
             else:
                 self._go(call, exhausted)
             return
@@ -116,22 +125,90 @@ class VoiceFlow:
         call.tries = 0
         call.notices = list(notices)
 
-    def _to_operator(self, call: CallSession, reason: str, notice: str | None = None) -> None:
+    async def _to_operator(self, call: CallSession, reason: str, notice: str | None = None) -> None:
+        """A transfer, stored as a case for the operator; outside working hours, the offer."""
         call.reason = reason
-        self._go(call, State.operator, *([notice] if notice else []))
+        came_from = call.state
+        notices = [notice] if notice else []
         ESCALATIONS.labels(channel="voice", reason=reason).inc()
+        if not self._schedule.is_open(self._clock()):
+            self._go(call, State.after_hours, *notices)
+            log.info("ivr.after_hours", call=call.call_sid, reason=reason)
+            return
+        self._go(call, State.operator, *notices)
+        await self._record_transfer(call, came_from)
         log.info("ivr.escalated", call=call.call_sid, reason=reason)
 
-    def _limit_reached(self, call: CallSession) -> None:
+    def _case_context(self, call: CallSession, came_from: State) -> dict[str, str | int | bool]:
+        return {
+            "state": came_from.value,
+            "language": call.language.value,
+            "wrong_codes": call.wrong_codes,
+            "failed_inputs": call.failures,
+            "route": self._settings.operator_route.value,
+        }
+
+    async def _record_transfer(self, call: CallSession, came_from: State) -> None:
+        """One case per call: a second transfer in the same call reopens the first."""
+        reason = call.reason or "caller_request"
+        existing = await self._escalations.get(call.escalation_id) if call.escalation_id else None
+        context = self._case_context(call, came_from)
+        if existing is not None:
+            await self._escalations.retransfer(
+                existing, reason=reason, attempts=call.failures, **context
+            )
+            return
+        escalation = await self._escalations.open(
+            kind=EscalationKind.transfer,
+            channel="voice",
+            session_ref=call.call_sid,
+            phone=call.caller,
+            reason=reason,
+            account_number=call.account,
+            purpose=call.purpose,
+            verification=call.verification.value,
+            attempts=call.failures,
+            transfers=1,
+            **context,
+        )
+        call.escalation_id = escalation.id
+
+    async def _leave_callback(self, call: CallSession) -> None:
+        """The caller asked to be called back (after hours, or when nobody answered)."""
+        existing = await self._escalations.get(call.escalation_id) if call.escalation_id else None
+        after_hours = call.state is State.after_hours
+        if existing is not None:
+            route = self._settings.operator_route.value
+            TRANSFER_OUTCOMES.labels(route=route, outcome="callback").inc()
+            await self._escalations.to_callback(existing, after_hours=after_hours)
+        else:
+            escalation = await self._escalations.open(
+                kind=EscalationKind.callback,
+                channel="voice",
+                session_ref=call.call_sid,
+                phone=call.caller,
+                reason=call.reason or "caller_request",
+                account_number=call.account,
+                purpose=call.purpose,
+                verification=call.verification.value,
+                attempts=call.failures,
+                after_hours=after_hours,
+                **self._case_context(call, call.state),
+            )
+            call.escalation_id = escalation.id
+        log.info("ivr.callback_requested", call=call.call_sid, after_hours=after_hours)
+        self._go(call, State.callback_done)
+
+    async def _limit_reached(self, call: CallSession) -> None:
         """A rate limit held the code back (§6.4): an apology and the operator, not an error."""
-        self._to_operator(call, "limit", notice="voice.limit_reached")
+        await self._to_operator(call, "limit", notice="voice.limit_reached")
 
     async def _act(self, call: CallSession, action: Action) -> None:
         match action:
             case Action.repeat:
                 pass
             case Action.operator:
-                self._to_operator(call, "caller_request")
+                await self._to_operator(call, "caller_request")
             case Action.english:
                 call.language = Language.en
                 self._go(call, State.main_menu)
@@ -153,6 +230,8 @@ class VoiceFlow:
                 await self._reveal_code(call)
             case Action.finish:
                 self._go(call, State.goodbye)
+            case Action.leave_callback:
+                await self._leave_callback(call)
 
     # -- steps of the recovery --------------------------------------------------------------
 
@@ -178,14 +257,14 @@ class VoiceFlow:
         call.attempt_id = attempt.id
         if attempt.limited:
             # Too many starts from this number: no point offering a code that will not come.
-            self._limit_reached(call)
+            await self._limit_reached(call)
             return
         self._go(call, State.method_choice)
 
     async def _attempt(self, call: CallSession) -> Attempt | None:
         attempt = await self._recovery.load(call.attempt_id) if call.attempt_id else None
         if attempt is None:
-            self._to_operator(call, "error", notice="voice.error_apology")
+            await self._to_operator(call, "error", notice="voice.error_apology")
         return attempt
 
     async def _send_sms_code(self, call: CallSession, *, resend: bool) -> None:
@@ -194,9 +273,9 @@ class VoiceFlow:
             return
         outcome = await self._recovery.send_sms_code(attempt)
         if outcome is SendOutcome.limited:
-            self._limit_reached(call)
+            await self._limit_reached(call)
         elif outcome is SendOutcome.capped:
-            self._to_operator(call, "verification_capped", notice="voice.verification_capped")
+            await self._to_operator(call, "verification_capped", notice="voice.verification_capped")
         elif outcome is SendOutcome.cooldown:
             self._go(call, State.code_entry, "voice.code_resend_wait")
         else:
@@ -210,9 +289,9 @@ class VoiceFlow:
         url = f"{self._base}/ivr/verify?{urlencode({'a': attempt.id})}"
         outcome = await self._recovery.request_voice_call(attempt, url)
         if outcome is SendOutcome.limited:
-            self._limit_reached(call)
+            await self._limit_reached(call)
         elif outcome is SendOutcome.capped:
-            self._to_operator(call, "verification_capped", notice="voice.verification_capped")
+            await self._to_operator(call, "verification_capped", notice="voice.verification_capped")
         elif outcome is SendOutcome.cooldown:
             self._go(call, call.state, "voice.code_resend_wait")
         else:
@@ -239,20 +318,21 @@ class VoiceFlow:
         if outcome is VerifyOutcome.accepted:
             completion = await self._recovery.complete(attempt, call.call_sid)
             if completion is None:
-                self._to_operator(call, "error", notice="voice.error_apology")
+                await self._to_operator(call, "error", notice="voice.error_apology")
                 return
             call.verification = Verification.verified
             call.sealed = self._keyring.seal(completion.secret)
             call.secret_by_sms = completion.sent_by_sms
             self._go(call, State.secret_ready)
         elif outcome is VerifyOutcome.capped:
-            self._to_operator(call, "verification_capped", notice="voice.verification_capped")
+            await self._to_operator(call, "verification_capped", notice="voice.verification_capped")
         elif outcome is VerifyOutcome.invalidated:
             if call.outbound:
                 self._go(call, State.goodbye, "voice.verify_expired")
             else:
                 await self._retry(call, "voice.code_expired")
         else:
+            call.wrong_codes += 1
             await self._retry(call, "voice.code_wrong")
 
     async def open_verification_call(self, call_sid: str, attempt_id: str) -> CallSession:

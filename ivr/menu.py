@@ -16,6 +16,11 @@ class State(StrEnum):
     secret_ready = "secret_ready"
     call_arranged = "call_arranged"
     operator = "operator"
+    # Outside working hours, instead of a transfer: the hours and a callback request offer.
+    after_hours = "after_hours"
+    # Nobody took the transfer: a callback request is offered (entered by the transfer's result).
+    callback_offer = "callback_offer"
+    callback_done = "callback_done"
     goodbye = "goodbye"
     # The outbound verification call to the phone on file.
     verify_greeting = "verify_greeting"
@@ -35,6 +40,7 @@ class Action(StrEnum):
     resend_code = "resend_code"
     reveal_code = "reveal_code"
     finish = "finish"
+    leave_callback = "leave_callback"
 
 
 class Entry(StrEnum):
@@ -104,6 +110,19 @@ MENU: Mapping[State, StateSpec] = {
     ),
     State.call_arranged: StateSpec(prompt="voice.call_arranged", final=Final.hangup),
     State.operator: StateSpec(prompt="voice.operator_transfer", final=Final.dial),
+    State.after_hours: StateSpec(
+        prompt="voice.after_hours",
+        keys={**ANY_MENU, "1": Action.leave_callback},
+        exhausted=State.goodbye,
+        silence_ends=True,
+    ),
+    State.callback_offer: StateSpec(
+        prompt="voice.callback_offer",
+        keys={**ANY_MENU, "1": Action.leave_callback},
+        exhausted=State.goodbye,
+        silence_ends=True,
+    ),
+    State.callback_done: StateSpec(prompt="voice.callback_accepted", final=Final.hangup),
     State.goodbye: StateSpec(prompt="voice.goodbye", final=Final.hangup),
     State.verify_greeting: StateSpec(
         prompt="voice.verify_greeting",
@@ -131,6 +150,7 @@ ACTION_TARGETS: Mapping[Action, frozenset[State]] = {
     Action.resend_code: frozenset({State.code_entry, State.operator}),
     Action.reveal_code: frozenset({State.verify_code, State.goodbye}),
     Action.finish: frozenset({State.goodbye}),
+    Action.leave_callback: frozenset({State.callback_done}),
 }
 
 ENTRY_TARGETS: Mapping[Entry, frozenset[State]] = {
@@ -139,7 +159,9 @@ ENTRY_TARGETS: Mapping[Entry, frozenset[State]] = {
     Entry.code: frozenset({State.secret_ready, State.operator, State.goodbye}),
 }
 
-ENTRY_STATES = (State.main_menu, State.verify_greeting)
+# Where a webhook can start a call's menu: the incoming call, the verification call, and the
+# result of a transfer nobody took (/ivr/dial-result, /ivr/queue-result).
+ENTRY_STATES = (State.main_menu, State.verify_greeting, State.callback_offer)
 
 
 def successors(state: State) -> frozenset[State]:
@@ -152,4 +174,7 @@ def successors(state: State) -> frozenset[State]:
         targets |= ACTION_TARGETS[action]
     if spec.entry:
         targets |= ENTRY_TARGETS[spec.entry]
+    if State.operator in targets:
+        # Outside working hours a transfer becomes the hours and a callback offer.
+        targets.add(State.after_hours)
     return frozenset(targets)

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import math
 from urllib.parse import urlencode
 
-from core.config import Settings
+from core.config import OperatorRoute, Settings
 from core.crypto import Keyring
+from core.hours import Schedule
+from core.models import Escalation
 from core.phones import mask_account
 from core.recovery import Purpose
 from ivr.menu import MENU, Entry, Final, State
 from ivr.session import CallSession, Verification
-from ivr.twiml import DialSpec, Ending, GatherSpec, Pause, Screen, Speech, Utterance
+from ivr.twiml import (
+    DialSpec,
+    Ending,
+    EnqueueSpec,
+    GatherSpec,
+    Pause,
+    QueueDialSpec,
+    Screen,
+    Speech,
+    Utterance,
+)
 from voice_prompts import Catalogue, Language
 
 PASSWORD_GROUP = 4
@@ -26,12 +39,31 @@ class Screens:
         self._settings = settings
         self._keyring = keyring
         self._prompts = prompts
+        self._schedule = Schedule.from_settings(settings)
 
-    def apology(self, call_sid: str) -> Screen:
-        """A stateless apology and transfer, for when anything behind a webhook failed."""
+    def apology(self, call_sid: str, *, desk_open: bool = True) -> Screen:
+        """A stateless apology and transfer, for when anything behind a webhook failed.
+
+        Outside working hours there is nobody to transfer to, and no state to take a callback
+        request with: the hours, and a goodbye.
+        """
+        if not desk_open:
+            lang = Language.ru
+            return Screen(
+                lines=[
+                    self._say("voice.error_apology", lang),
+                    self._say("voice.after_hours_call_later", lang, hours=self.hours(lang)),
+                    self._say("voice.goodbye", lang),
+                ],
+                ending=Ending.hangup,
+            )
         call = CallSession(call_sid=call_sid, state=State.operator, reason="error")
         call.notices = ["voice.error_apology"]
         return self.screen(call)
+
+    def hours(self, language: Language) -> str:
+        """The operators' working hours in words."""
+        return self._schedule.describe(self._prompts, language)
 
     # -- output -----------------------------------------------------------------------------
 
@@ -42,6 +74,8 @@ class Screens:
         lines: list[Utterance] = [self._say(key, lang) for key in call.notices]
         lines += self._state_lines(call)
         if spec.final is Final.dial:
+            if self._settings.operator_route is OperatorRoute.enqueue:
+                return Screen(lines=lines, enqueue=self._enqueue(call))
             return Screen(lines=lines, dial=self._dial(call))
         if spec.final is Final.hangup:
             if call.state is not State.goodbye:
@@ -82,6 +116,8 @@ class Screens:
                 return [self._say("voice.verify_code", lang, code=spoken)]
             case State.secret_ready:
                 return self._secret_lines(call)
+            case State.after_hours:
+                return [self._say("voice.after_hours", lang, hours=self.hours(lang))]
             case _:
                 return [self._say(MENU[call.state].prompt, lang)]
 
@@ -122,6 +158,103 @@ class Screens:
             whisper_url="/ivr/whisper?"
             + urlencode({"c": call.call_sid, "r": call.reason or "caller_request"}),
             action=f"/ivr/dial-result?{urlencode({'c': call.call_sid})}",
+            timeout=self._settings.operator_dial_timeout_seconds,
+        )
+
+    def _enqueue(self, call: CallSession) -> EnqueueSpec:
+        query = urlencode({"c": call.call_sid, "l": call.language.value})
+        return EnqueueSpec(
+            queue=self._settings.operator_queue,
+            wait_url=f"/ivr/queue-wait?{query}",
+            action=f"/ivr/queue-result?{query}",
+        )
+
+    def queue_wait(
+        self, call_sid: str, language: Language, position: int | None, average_seconds: int
+    ) -> Screen:
+        """The hold prompt: place in the queue, expected wait, and `*` for a callback instead.
+
+        Twilio runs it again when it ends (the Gather's timeout is the pause between repeats).
+        """
+        lines: list[Utterance] = []
+        if position:
+            lines.append(self._say("voice.queue_position", language, position=position))
+        if average_seconds > 0:
+            minutes = max(1, math.ceil(average_seconds / 60))
+            wait = self._prompts.count("hours.minutes", minutes, language)
+            lines.append(self._say("voice.queue_wait", language, wait=wait))
+        lines.append(self._say("voice.queue_hold", language))
+        gather = GatherSpec(
+            action="/ivr/queue-wait?" + urlencode({"c": call_sid, "l": language.value}),
+            language=language,
+            num_digits=1,
+            finish_on_key="",
+            on_empty=False,
+            timeout=self._settings.operator_queue_repeat_seconds,
+        )
+        return Screen(lines=lines, gather=gather)
+
+    def queue_connecting(self, language: Language) -> Screen:
+        """What the queued caller hears as an operator takes the call."""
+        return Screen(lines=[self._say("voice.queue_connecting", language)])
+
+    def callback_taken(self, language: Language) -> Screen:
+        """The caller's callback request is stored: a confirmation and a goodbye."""
+        return Screen(
+            lines=[
+                self._say("voice.callback_accepted", language),
+                self._say("voice.goodbye", language),
+            ],
+            ending=Ending.hangup,
+        )
+
+    def operator_desk(self, waiting: int, head: Escalation | None) -> Screen:
+        """The operator's phone: the first waiting caller's case, then that caller (enqueue route).
+
+        Twilio plays the <Queue> noun's `url` to the *caller* (Play/Say/Pause/Redirect only), so
+        the operator's summary is spoken here, before the operator's call takes the queue's
+        first caller. With nobody waiting, the desk holds and looks again.
+        """
+        lang = Language.ru
+        desk = "/ivr/operator-desk"
+        if head is None:
+            return Screen(
+                lines=[
+                    self._say("whisper.desk_empty", lang),
+                    Pause(self._settings.operator_queue_repeat_seconds),
+                ],
+                redirect=desk,
+            )
+        summary = self.case_summary(head.account_masked, head.verification, head.reason)
+        return Screen(
+            lines=[self._say("whisper.desk_waiting", lang, count=waiting), Speech(summary, lang)],
+            dial_queue=QueueDialSpec(
+                queue=self._settings.operator_queue,
+                url="/ivr/queue-connect",
+                action=desk,
+                timeout=self._settings.operator_dial_timeout_seconds,
+            ),
+        )
+
+    def case_summary(self, account_masked: str | None, verification: str, reason: str) -> str:
+        """The whisper for a stored case (masked account, verification state, reason)."""
+        lang = Language.ru
+        if account_masked and account_masked != "-":
+            digits = self._prompts.digits(account_masked[-3:], lang)
+            account = self._prompts.text("whisper.account", lang, digits=digits)
+        else:
+            account = self._prompts.text("whisper.no_account", lang)
+        state = {
+            Verification.verified.value: "whisper.verified",
+            Verification.code_sent.value: "whisper.code_sent",
+        }.get(verification, "whisper.not_verified")
+        reason = reason if reason in ESCALATION_REASONS else "error"
+        return self._prompts.text(
+            "whisper.summary",
+            lang,
+            account=account,
+            verification=self._prompts.text(state, lang),
+            reason=self._prompts.text(f"whisper.reason_{reason}", lang),
         )
 
     def whisper(self, call: CallSession | None, reason: str | None = None) -> str:

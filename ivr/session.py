@@ -40,6 +40,10 @@ class CallSession:
     # Whether the secret also went by SMS (the read-out says so).
     secret_by_sms: bool = False
     outbound: bool = False
+    # For the operator's context: failed inputs and wrong codes so far, and the stored case.
+    failures: int = 0
+    wrong_codes: int = 0
+    escalation_id: int | None = None
 
     def __repr__(self) -> str:
         return (

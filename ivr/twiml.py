@@ -43,15 +43,45 @@ class GatherSpec:
     speech: bool = False
     num_digits: int | None = None
     finish_on_key: str = "#"
+    # Silence posts an empty answer (the menu); the queue's hold prompt just ends and repeats.
+    on_empty: bool = True
+    timeout: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class DialSpec:
-    """A transfer to the operator with a whisper for the operator's ear."""
+    """A transfer to the operator with a whisper for the operator's ear.
+
+    `number` is an E.164 number (<Number>) or a `sip:` URI (<Sip>).
+    """
 
     number: str
     whisper_url: str
     action: str
+    timeout: int = 30
+
+    @property
+    def is_sip(self) -> bool:
+        return self.number.startswith("sip:")
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueSpec:
+    """The caller waits in a named queue; the hold prompt comes from `wait_url`."""
+
+    queue: str
+    wait_url: str
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDialSpec:
+    """The operator's side: take the first caller of a queue (`url` runs on the caller's end)."""
+
+    queue: str
+    url: str
+    action: str
+    timeout: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +92,11 @@ class Screen:
     gather: GatherSpec | None = None
     ending: Ending | None = None
     dial: DialSpec | None = None
+    enqueue: EnqueueSpec | None = None
+    dial_queue: QueueDialSpec | None = None
+    # Verbs after the lines: leave the queue, or fetch the next document.
+    leave: bool = False
+    redirect: str | None = None
 
 
 class Renderer:
@@ -86,10 +121,11 @@ class Renderer:
                 "action": spec.action,
                 "method": "POST",
                 "input": "dtmf speech" if spec.speech else "dtmf",
-                "timeout": self._timeout,
+                "timeout": spec.timeout or self._timeout,
                 "finish_on_key": spec.finish_on_key,
-                "action_on_empty_result": "true",
             }
+            if spec.on_empty:
+                options["action_on_empty_result"] = "true"
             if spec.num_digits:
                 options["num_digits"] = spec.num_digits
             if spec.speech:
@@ -102,8 +138,28 @@ class Renderer:
             for line in screen.lines:
                 self._say(response, line)
         if screen.dial:
-            dial = response.dial(action=screen.dial.action, method="POST", timeout=30)
-            dial.number(screen.dial.number, url=screen.dial.whisper_url, method="POST")
+            spec_dial = screen.dial
+            dial = response.dial(action=spec_dial.action, method="POST", timeout=spec_dial.timeout)
+            noun = dial.sip if spec_dial.is_sip else dial.number
+            noun(spec_dial.number, url=spec_dial.whisper_url, method="POST")
+        elif screen.enqueue:
+            response.enqueue(
+                screen.enqueue.queue,
+                action=screen.enqueue.action,
+                method="POST",
+                wait_url=screen.enqueue.wait_url,
+                wait_url_method="POST",
+            )
+        elif screen.dial_queue:
+            spec_queue = screen.dial_queue
+            dial = response.dial(
+                action=spec_queue.action, method="POST", timeout=spec_queue.timeout
+            )
+            dial.queue(spec_queue.queue, url=spec_queue.url, method="POST")
+        elif screen.leave:
+            response.leave()
+        elif screen.redirect:
+            response.redirect(screen.redirect, method="POST")
         elif screen.ending is Ending.hangup:
             response.hangup()
         return str(response)

@@ -9,6 +9,7 @@ import structlog
 
 from core.config import Settings
 from core.escalations import Escalations
+from core.hours import Clock, Schedule, utc_now
 from core.metrics import ESCALATIONS
 from core.models import EscalationKind
 from core.optout import OptOuts
@@ -39,6 +40,8 @@ class Reply:
     key: str
     language: Language
     params: dict[str, str] = field(default_factory=dict)
+    # Followed by the operators' working hours (the after-hours callback reply).
+    with_hours: bool = False
 
 
 class SmsDialog:
@@ -52,12 +55,15 @@ class SmsDialog:
         opt_outs: OptOuts,
         escalations: Escalations,
         threads: SmsThreads,
+        clock: Clock = utc_now,
     ) -> None:
         self._settings = settings
         self._recovery = recovery
         self._opt_outs = opt_outs
         self._escalations = escalations
         self._threads = threads
+        self._clock = clock
+        self._schedule = Schedule.from_settings(settings)
 
     async def handle(self, sender: str, message_sid: str, command: Command) -> Reply | None:
         """Apply one command from `sender` (E.164); None means no reply at all."""
@@ -91,7 +97,7 @@ class SmsDialog:
             case Keyword.call:
                 return await self._call(thread)
             case Keyword.operator:
-                return await self._operator(thread)
+                return await self._operator(thread, message_sid)
             case Keyword.cancel:
                 await self._threads.clear(sender)
                 return self._reply("sms.reply_cancelled", thread)
@@ -169,17 +175,27 @@ class SmsDialog:
         outcome = await self._recovery.request_voice_call(attempt, url)
         return self._after_send(thread, outcome, "sms.reply_call_arranged")
 
-    async def _operator(self, thread: SmsThread) -> Reply:
-        attempt = await self._recovery.load(thread.attempt_id) if thread.attempt_id else None
-        await self._escalations.open(
-            kind=EscalationKind.callback,
-            channel="sms",
-            phone=thread.sender,
-            reason="caller_request",
-            account_number=attempt.account_number if attempt else None,
-            purpose=thread.purpose,
-            verification="code_sent" if attempt is not None else "none",
-        )
-        ESCALATIONS.labels(channel="sms", reason="caller_request").inc()
-        log.info("sms.callback_requested", has_attempt=attempt is not None)
-        return self._reply("sms.reply_callback", thread)
+    async def _operator(self, thread: SmsThread, message_sid: str) -> Reply:
+        """A callback request; outside working hours the reply also gives the hours."""
+        desk_open = self._schedule.is_open(self._clock())
+        waiting = await self._escalations.find_waiting_callback(thread.sender, "sms")
+        if waiting is None:
+            attempt = await self._recovery.load(thread.attempt_id) if thread.attempt_id else None
+            await self._escalations.open(
+                kind=EscalationKind.callback,
+                channel="sms",
+                session_ref=message_sid,
+                phone=thread.sender,
+                reason="caller_request",
+                account_number=attempt.account_number if attempt else None,
+                purpose=thread.purpose,
+                verification="code_sent" if attempt is not None else "none",
+                language=thread.language.value,
+                after_hours=not desk_open,
+            )
+            ESCALATIONS.labels(channel="sms", reason="caller_request").inc()
+        log.info("sms.callback_requested", repeated=waiting is not None, desk_open=desk_open)
+        if desk_open:
+            return self._reply("sms.reply_callback", thread)
+        reply = self._reply("sms.reply_callback_closed", thread)
+        return Reply(reply.key, reply.language, reply.params, with_hours=True)

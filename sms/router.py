@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import structlog
@@ -11,6 +12,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 from core.delivery import FAILED_STATUSES, record_status
 from core.deps import DbSession, SendAfterResponse, ServicesDep, TwilioRequest
 from core.escalations import Escalations
+from core.hours import Schedule, utc_now
 from core.optout import OptOuts
 from core.phones import InvalidPhoneNumber, mask_phone, parse_phone
 from core.twilio_security import TwilioForm
@@ -50,13 +52,16 @@ def _threads(services: ServicesDep) -> SmsThreads:
     return SmsThreads(services.redis, services.settings.code_ttl_seconds + 600)
 
 
-def _dialog(services: ServicesDep, db: DbSession) -> SmsDialog:
+def _dialog(
+    services: ServicesDep, db: DbSession, now: Annotated[datetime, Depends(utc_now)]
+) -> SmsDialog:
     return SmsDialog(
         settings=services.settings,
         recovery=services.recovery(db),
         opt_outs=OptOuts(db),
         escalations=Escalations(db, services.keyring),
         threads=_threads(services),
+        clock=lambda: now,
     )
 
 
@@ -100,7 +105,14 @@ async def inbound_sms(
 def _render(services: ServicesDep, reply: Reply | None) -> str:
     if reply is None:
         return ""
-    return services.prompts.text(reply.key, reply.language, **reply.params)
+    text = services.prompts.text(reply.key, reply.language, **reply.params)
+    if reply.with_hours:
+        # The hours are configuration; their words come from the catalogue (compact for SMS).
+        hours = Schedule.from_settings(services.settings).describe(
+            services.prompts, reply.language, short=True
+        )
+        text = f"{text} {hours}"
+    return text
 
 
 @router.post("/status", status_code=status.HTTP_204_NO_CONTENT)

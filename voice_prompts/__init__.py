@@ -78,6 +78,28 @@ class Catalogue:
         names = cast(list[str], self._lookup("spelling.group_numbers", language))
         return names[index] if index < len(names) else str(index + 1)
 
+    def words(self, key: str, language: Language) -> list[str]:
+        """A list of words by key (the day names of the working hours)."""
+        words = self._lookup(key, language)
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise KeyError(key)
+        return cast(list[str], words)
+
+    def count(self, key: str, number: int, language: Language) -> str:
+        """A number with its noun in the right plural form ("1 минута", "5 минут")."""
+        forms = self.words(key, language)
+        if language is Language.ru:
+            ones, tens = number % 10, number % 100
+            if ones == 1 and tens != 11:
+                form = 0
+            elif 2 <= ones <= 4 and not 12 <= tens <= 14:
+                form = 1
+            else:
+                form = 2
+        else:
+            form = 0 if number == 1 else 1
+        return forms[form].format(count=number)
+
     def _separator(self, language: Language) -> str:
         return cast(str, self._lookup("spelling.separator", language))
 

@@ -447,3 +447,18 @@ def test_whisper_is_russian_and_masks_the_account(
     masked = screens.whisper(call)
     assert catalogue.digits(SAMPLE_ACCOUNT[-3:], Language.ru) in masked
     assert catalogue.text(f"whisper.reason_{reason or 'caller_request'}", Language.ru) in masked
+
+
+@pytest.mark.parametrize("state", [State.after_hours, State.callback_offer])
+def test_callback_offers_take_one_and_end_on_silence(state: State) -> None:
+    spec = MENU[state]
+    assert spec.keys.get("1") is Action.leave_callback
+    assert spec.exhausted is State.goodbye and spec.silence_ends
+    assert ACTION_TARGETS[Action.leave_callback] == {State.callback_done}
+    assert MENU[State.callback_done].final is Final.hangup
+
+
+def test_a_transfer_outside_hours_is_a_declared_successor() -> None:
+    for state in NON_FINAL:
+        if State.operator in successors(state):
+            assert State.after_hours in successors(state), state
