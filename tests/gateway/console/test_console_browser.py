@@ -36,7 +36,7 @@ from tests.gateway.console.conftest import (
     escalations,
     outbox,
 )
-from tests.twilio_driver import Phone, Twilio
+from tests.twilio_driver import Call, Phone, Twilio
 
 CHROMIUM = Path(os.environ.get("GATEWAY_TEST_CHROMIUM", "/usr/bin/chromium"))
 # Generous for a loaded 2-core CI machine; a broken page fails at the first of them.
@@ -137,6 +137,16 @@ async def text_callback_request(served: Served, sender: str, account: str) -> in
     return (await escalations(served.settings))[-1].id
 
 
+async def call_and_press_zero(served: Served, caller: str, account: str) -> int:
+    """A signed voice call: restore password, the account number, confirm it, then `0`."""
+    call = Call(served.twilio, caller=caller)
+    await call.start()
+    for keys in ("1", f"{account}#", "1", "0"):
+        await call.press(keys)
+    assert call.twiml.find("Dial") is not None, call.raw
+    return (await escalations(served.settings))[-1].id
+
+
 async def password_accepted(settings: Settings, account: str, password: str) -> bool:
     engine = create_engine(settings.database_url)
     try:
@@ -150,13 +160,14 @@ async def password_accepted(settings: Settings, account: str, password: str) -> 
 async def test_operator_sends_a_temporary_password_from_the_browser(
     served: Served, browser: Browser
 ) -> None:
-    case_id = await text_callback_request(served, MOBILE, MOBILE_ONLY)
+    case_id = await call_and_press_zero(served, MOBILE, MOBILE_ONLY)
     page = await signed_in_page(browser, served)
 
     row = page.locator(f'tr[data-case="{case_id}"]')
-    await expect(row).to_contain_text("Обратный звонок")
+    await expect(row).to_contain_text("Перевод звонка")
     await expect(row).to_contain_text("*******001")
-    await expect(row).to_contain_text("Код отправлен")
+    await expect(row).to_contain_text("Не подтверждён")
+    await expect(row).to_contain_text("Житель попросил оператора")
 
     # A new escalation shows up without reloading the page.
     second_id = await text_callback_request(served, SECOND_MOBILE_ON_FILE, "1000000003")
