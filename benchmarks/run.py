@@ -445,8 +445,6 @@ async def run_memory(
     key_bytes = 0
     for caller in callers:
         key_bytes += int(await redis.memory_usage(f"call:{caller.call_sid}") or 0)
-        async for key in redis.scan_iter(match=f"claim:{caller.call_sid}:*", count=100):
-            key_bytes += int(await redis.memory_usage(key) or 0)
     by_prefix: dict[str, int] = {}
     async for key in redis.scan_iter(count=1000):
         prefix = str(key).split(":", 1)[0]
@@ -458,7 +456,7 @@ async def run_memory(
         "used_memory_dataset_before": before,
         "used_memory_dataset_after": after,
         "bytes_per_call": round((after - before) / max(active, 1)),
-        "call_and_claim_key_bytes_per_call": round(key_bytes / max(active, 1)),
+        "call_key_bytes_per_call": round(key_bytes / max(active, 1)),
         "key_bytes_per_call_by_prefix": {
             prefix: round(size / max(active, 1)) for prefix, size in sorted(by_prefix.items())
         },
@@ -696,8 +694,8 @@ def print_report(result: dict[str, Any]) -> None:
         f"floor {result['floor']['webhooks_per_s']}/s, real {real['webhooks_per_s']}/s, "
         f"{real['recoveries']} recoveries in {real['seconds']} s; server CPU "
         f"{real['server_cpu_ms_per_webhook']} ms/webhook; client CPU {result['client_cpu_s']} s; "
-        f"Redis {memory['bytes_per_call']} B/call (call+claim keys "
-        f"{memory['call_and_claim_key_bytes_per_call']} B) over {memory['active_calls']} calls"
+        f"Redis {memory['bytes_per_call']} B/call (call key "
+        f"{memory['call_key_bytes_per_call']} B) over {memory['active_calls']} calls"
     )
     print(" ".join(f"{key}={value}" for key, value in result["summary"].items()))
 

@@ -127,7 +127,8 @@ class RecoveryService:
             Check(Limit.caller_starts, _caller_subject(caller, self._settings.default_region))
         )
         attempt = Attempt(
-            id=secrets.token_urlsafe(18),
+            # 96 random bits; short, because its keys are part of every active call (§9).
+            id=secrets.token_urlsafe(12),
             account_number=account_number,
             purpose=purpose,
             channel=channel,

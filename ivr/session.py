@@ -52,26 +52,72 @@ class CallSession:
         )
 
     def to_json(self) -> str:
-        """Compact JSON for Redis."""
-        data = {k: v for k, v in asdict(self).items() if v not in (None, [], "", 0, False)}
+        """Compact JSON for Redis: short names, defaults left out, the CallSid is the key's."""
+        data = {
+            _SHORT[name]: value
+            for name, value in asdict(self).items()
+            if name != "call_sid" and value not in (None, [], "", 0, False)
+        }
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> CallSession:
+    def from_json(cls, call_sid: str, raw: str | bytes) -> CallSession:
         """Parse the stored JSON."""
-        data = json.loads(raw)
+        data = {_LONG[short]: value for short, value in json.loads(raw).items()}
         data["state"] = State(data.get("state", State.main_menu))
         data["language"] = Language(data.get("language", DEFAULT_LANGUAGE))
         data["verification"] = Verification(data.get("verification", Verification.none))
-        return cls(**data)
+        return cls(call_sid=call_sid, **data)
+
+
+# Every active call holds one of these (DESIGN §9: ≤ 1 KiB of Redis a call): one-letter names.
+_SHORT = {
+    "caller": "f",
+    "state": "s",
+    "step": "n",
+    "language": "l",
+    "purpose": "p",
+    "account": "a",
+    "attempt_id": "t",
+    "tries": "r",
+    "notices": "o",
+    "verification": "v",
+    "reason": "e",
+    "sealed": "x",
+    "secret_by_sms": "m",
+    "outbound": "b",
+    "failures": "u",
+    "wrong_codes": "w",
+    "escalation_id": "i",
+}
+_LONG = {short: name for name, short in _SHORT.items()}
+
+# KEYS: the call's hash. ARGV: the step. The hash holds the session (`s`), its current step
+# (`n`) and the last step claimed (`c`): only the current step can be claimed, and only once, by
+# the first webhook that brings it; stale or invented steps change nothing.
+_CLAIM = """
+local session = redis.call('HGET', KEYS[1], 's')
+if not session then return {0} end
+local current = redis.call('HGET', KEYS[1], 'n')
+if current == ARGV[1] and redis.call('HGET', KEYS[1], 'c') ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'c', ARGV[1])
+  return {1, session}
+end
+return {0, session}
+"""
 
 
 class CallStore:
-    """Loads and saves call sessions; claims each step once so a retried webhook acts once."""
+    """Loads and saves call sessions; claims each step once so a retried webhook acts once.
+
+    One Redis hash per call holds the session and the last claimed step, so a menu step costs
+    one script call (claim and load) and one write (save).
+    """
 
     def __init__(self, redis: Redis, ttl_seconds: int) -> None:
         self._redis = redis
         self._ttl = ttl_seconds
+        self._claim = redis.register_script(_CLAIM)
 
     @staticmethod
     def _key(call_sid: str) -> str:
@@ -79,28 +125,33 @@ class CallStore:
 
     async def load(self, call_sid: str) -> CallSession | None:
         """The session of a call, if it has one."""
-        raw = await self._redis.get(self._key(call_sid))
-        return CallSession.from_json(raw) if raw else None
+        raw = await self._redis.hget(self._key(call_sid), "s")
+        return CallSession.from_json(call_sid, raw) if raw else None
 
     async def claim_step(self, call_sid: str, step: int) -> tuple[bool, CallSession | None]:
         """Claim the right to act on `step` and load the session, in one round trip."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(f"claim:{call_sid}:{step}", 1, nx=True, ex=120)
-            pipe.get(self._key(call_sid))
-            claimed, raw = await pipe.execute()
-        return bool(claimed), CallSession.from_json(raw) if raw else None
+        answer = await self._claim(keys=[self._key(call_sid)], args=[step])
+        if len(answer) < 2:
+            return False, None
+        return bool(answer[0]), CallSession.from_json(call_sid, answer[1])
 
     async def create(self, session: CallSession) -> bool:
         """Store a new call's session; False when the call already has one (a retried webhook)."""
-        return bool(
-            await self._redis.set(
-                self._key(session.call_sid), session.to_json(), nx=True, ex=self._ttl
-            )
-        )
+        key = self._key(session.call_sid)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "s", session.to_json())
+            pipe.hsetnx(key, "n", session.step)
+            pipe.expire(key, self._ttl)
+            created, _, _ = await pipe.execute()
+        return bool(created)
 
     async def save(self, session: CallSession) -> None:
         """Store the session, refreshing its TTL."""
-        await self._redis.set(self._key(session.call_sid), session.to_json(), ex=self._ttl)
+        key = self._key(session.call_sid)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"s": session.to_json(), "n": session.step})
+            pipe.expire(key, self._ttl)
+            await pipe.execute()
 
     async def end(self, call_sid: str) -> None:
         """Forget a finished call (and any sealed secret with it)."""

@@ -23,6 +23,7 @@ from core.passwords import hash_password
 from core.recovery import RecoveryService
 from gateway.app import create_app
 from ivr.menu import MENU, State, successors
+from ivr.session import CallStore
 from tests.conftest import (
     AUTH_TOKEN,
     LANDLINE,
@@ -496,7 +497,7 @@ async def test_bad_step_number_is_4xx_or_a_safe_reply(
     gateway: Gateway, redis: Redis, query: str
 ) -> None:
     call = await at_main_menu(gateway)
-    before = await redis.get(session_key(call))
+    before = await redis.hgetall(session_key(call))
     response = await gateway.twilio.post(f"/ivr/step?{query}", form(call, Digits="1"))
     if response.status_code == 200:
         # An apology, or the current prompt again: well-formed, and nothing acted upon.
@@ -504,7 +505,7 @@ async def test_bad_step_number_is_4xx_or_a_safe_reply(
         assert ru("voice.error_apology") in text or ru("voice.main_menu") in text
     else:
         assert 400 <= response.status_code < 500, response.status_code
-    assert await redis.get(session_key(call)) == before
+    assert await redis.hgetall(session_key(call)) == before
     assert gateway.messenger.sent == []
 
 
@@ -960,9 +961,9 @@ async def test_completed_status_deletes_the_call_state(gateway: Gateway, redis: 
 
 
 async def state_of(redis: Redis, call: Call) -> State:
-    raw = await redis.get(session_key(call))
-    assert raw is not None
-    return State(json.loads(raw).get("state", State.main_menu))
+    session = await CallStore(redis, 3600).load(call.call_sid)
+    assert session is not None
+    return session.state
 
 
 async def test_observed_transitions_are_declared(gateway: Gateway, redis: Redis) -> None:

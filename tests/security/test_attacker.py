@@ -7,7 +7,6 @@ must get nowhere: codes go only to phones on file, and no recovery completes.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -21,6 +20,7 @@ from sqlalchemy import func, select
 from core.db import create_engine, create_sessionmaker, transaction
 from core.models import Account, AuditEvent, Credential
 from core.phones import parse_phone
+from ivr.session import CallStore
 from tests.conftest import (
     ACCOUNTS_CSV,
     LANDLINE_ONLY,
@@ -117,9 +117,9 @@ class Attacker:
         return f"{self.rng.randrange(10**6):06d}"
 
     async def note_state(self, call: Call) -> None:
-        raw = await self.redis.get(f"call:{call.call_sid}")
-        if raw:
-            self.states.add(str(json.loads(raw).get("state", "main_menu")))
+        session = await CallStore(self.redis, 3600).load(call.call_sid)
+        if session:
+            self.states.add(str(session.state))
 
     async def press(self, call: Call, digits: str) -> bool:
         """One key press; False once the call has no more Gather (it was ended or transferred)."""

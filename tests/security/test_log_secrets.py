@@ -8,7 +8,6 @@ account numbers or full phone numbers used may appear in any of it.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import secrets
@@ -38,7 +37,7 @@ from core.recovery import Attempt, Channel, Completion, Purpose
 from core.twilio_security import SignatureVerifier, TwilioForm
 from gateway.app import create_app
 from ivr.menu import State
-from ivr.session import CallSession
+from ivr.session import CallSession, CallStore
 from sms.thread import SmsThread
 from tests.conftest import (
     AUTH_TOKEN,
@@ -143,9 +142,9 @@ class Run:
 
     async def sealed(self, call: Call) -> str:
         """The code or password the call is able to repeat (sealed in its Redis state)."""
-        raw = await self.redis.get(f"call:{call.call_sid}")
-        assert raw, "the call has no state"
-        secret = self.keyring.unseal(json.loads(raw)["sealed"])
+        session = await CallStore(self.redis, 3600).load(call.call_sid)
+        assert session, "the call has no state"
+        secret = self.keyring.unseal(session.sealed or "")
         assert secret
         return secret
 

@@ -225,7 +225,7 @@ async def test_a_failure_after_the_password_was_issued_rolls_it_back(
     await set_password(gateway.settings, MOBILE_ONLY, OLD_PASSWORD)
     before = await credential_state(gateway.settings, MOBILE_ONLY)
     call = await at_code_entry(gateway)
-    outage.start(lambda args: args[0] == "SET" and str(args[1]).startswith("call:"))
+    outage.start(lambda args: args[0] == "HSET" and str(args[1]).startswith("call:"))
     await call.press(last_code(gateway))
     assert outage.failed == 1
     assert ru("voice.error_apology") in call.text and "Группа" not in call.text
