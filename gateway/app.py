@@ -25,20 +25,26 @@ log = structlog.get_logger(__name__)
 
 
 SWEEP_INTERVAL_SECONDS = 30
+# The sweeper wakes for a retry that falls due sooner, but not more often than this.
+SWEEP_MIN_SECONDS = 0.2
 
 
 async def _sweep_outbox(services: Services) -> None:
-    """Send anything left queued, and blank texts whose code or password has expired."""
+    """Send anything left queued or due for a retry, and blank expired secrets."""
     while True:
+        wait: float = SWEEP_INTERVAL_SECONDS
         try:
             await services.dispatcher.drain()
             async with transaction(services.sessionmaker) as session:
                 purged = await purge_expired_secrets(session, services.settings)
             if purged:
                 log.info("outbox.purged", messages=purged)
+            due = await services.dispatcher.seconds_until_due()
+            if due is not None:
+                wait = min(wait, max(due, SWEEP_MIN_SECONDS))
         except Exception as exc:
             log.warning("outbox.sweep_failed", error=type(exc).__name__)
-        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        await asyncio.sleep(wait)
 
 
 def create_app(settings: Settings | None = None, *, messenger: Messenger | None = None) -> FastAPI:
@@ -54,6 +60,11 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
         try:
             yield
         finally:
+            # Graceful shutdown (outbound delivery): uvicorn has finished the in-flight requests
+            # (and the sends they started); now stop claiming rows and let the sends in flight
+            # (the sweeper's) finish, bounded. Whatever is still queued waits for the next
+            # process: it was committed, nothing is lost.
+            await services.dispatcher.close(settings.outbox_shutdown_grace_seconds)
             purger.cancel()
             with suppress(asyncio.CancelledError):
                 await purger
