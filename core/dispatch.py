@@ -340,7 +340,8 @@ class Dispatcher:
         self, session: AsyncSession, row: OutboxMessage, status: str, reason: str
     ) -> None:
         """This row will not be sent (again): record why and tell the hook, once."""
-        already_offered = row.purpose in OFFER_AT_FIRST_FAILURE and row.attempts > 1
+        # A row still marked "retrying" failed before, and a waiting resident heard then.
+        already_offered = row.purpose in OFFER_AT_FIRST_FAILURE and row.reason == "retrying"
         row.status, row.reason, row.next_attempt_at = status, reason, None
         _release(row)
         if row.purpose in SECRET_PURPOSES:
