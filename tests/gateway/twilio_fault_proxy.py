@@ -2,7 +2,7 @@
 
 Each request takes the next step of `plan` (then `default`): "forward" it to the mock, answer
 an HTTP error itself in Twilio's error format ("503", "429", "400:21211"), "stall" (accept and
-never answer), or "hold" (forward once `release` is set). Every request is counted, so a test
+never answer), or "hold" (forward once `release` is set; "hold_later": `release_later`). Every request is counted, so a test
 can tell exactly how many times the gateway asked Twilio for something.
 """
 
@@ -45,6 +45,8 @@ class FaultProxy:
     retry_after: str = "7"
     seen: list[Seen] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    # For "hold_later": a second hold, released separately.
+    release_later: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     url: str = ""
     _server: asyncio.Server | None = None
@@ -67,6 +69,14 @@ class FaultProxy:
             writer.close()
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def wait_for(self, count: int) -> None:
+        """Until at least `count` requests have arrived."""
+        while True:
+            self.arrived.clear()
+            if len(self.seen) >= count:
+                return
+            await self.arrived.wait()
 
     def creates(self, resource: str = "Messages.json") -> list[Seen]:
         """The create (POST) requests for one resource."""
@@ -92,8 +102,8 @@ class FaultProxy:
             if step == "stall":
                 await self._closing.wait()
                 return
-            if step == "hold":
-                await self.release.wait()
+            if step in ("hold", "hold_later"):
+                await (self.release if step == "hold" else self.release_later).wait()
                 step = "forward"
             if step == "forward":
                 status, content_type, payload = await self._forward(method, path, headers, body)
