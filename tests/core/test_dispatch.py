@@ -492,3 +492,16 @@ async def test_close_is_bounded(env: Env) -> None:
 def test_the_lease_outlasts_a_twilio_request() -> None:
     settings = Settings(_env_file=None, outbox_lease_seconds=5, twilio_timeout_seconds=10)
     assert RetryPolicy.from_settings(settings).lease_seconds == 20
+
+
+async def test_the_pending_gauge_counts_what_waits(env: Env) -> None:
+    dispatcher = env.dispatcher(ScriptedMessenger([transient()]))
+    assert await dispatcher.seconds_until_due() is None
+    assert REGISTRY.get_sample_value("gateway_outbox_pending") == 0
+    await env.queue("notice")
+    await env.queue("notice", to=SECOND_MOBILE)
+    assert await dispatcher.seconds_until_due() == 0.0
+    assert REGISTRY.get_sample_value("gateway_outbox_pending") == 2
+    await dispatcher.drain()  # one fails and waits (half of 2 s), the other is sent
+    assert await dispatcher.seconds_until_due() == 1.0
+    assert REGISTRY.get_sample_value("gateway_outbox_pending") == 1

@@ -327,3 +327,23 @@ async def test_rows_queued_while_twilio_was_down_are_sent_by_the_sweep(
     assert {(await outbox.row(row_id)).status for row_id in rows} == {"sent"}
     keys = [seen.form["StatusCallback"] for seen in proxy.creates()]
     assert len(keys) == 10 and len(set(keys)) == 5
+
+
+async def test_the_status_callback_url_with_the_outbox_key_is_accepted(
+    gateway_behind_proxy: tuple[Twilio, Settings], proxy: FaultProxy
+) -> None:
+    twilio, settings = gateway_behind_proxy
+    await Phone(twilio, MOBILE).text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")
+    [row] = await outbox_rows(settings)
+    assert row.status == "sent" and row.provider_sid
+    # Twilio calls back exactly the URL it was given, signed with its query string.
+    [seen] = proxy.creates()
+    callback = urlsplit(seen.form["StatusCallback"])
+    assert parse_qs(callback.query)[OUTBOX_KEY_PARAM] == [row.idempotency_key]
+    response = await twilio.post(
+        f"{callback.path}?{callback.query}",
+        {"MessageSid": row.provider_sid, "MessageStatus": "delivered", "To": MOBILE},
+    )
+    assert response.status_code == 204
+    [row] = await outbox_rows(settings)
+    assert (row.status, row.body) == ("delivered", "")
