@@ -37,6 +37,7 @@ refused and connect timeouts happened before any byte went out, so they are retr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import secrets
 from collections.abc import Awaitable, Callable
@@ -135,6 +136,8 @@ class Dispatcher:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Set when a retry was scheduled: the sweeper recomputes when to wake.
+        self._rescheduled = asyncio.Event()
 
     def __repr__(self) -> str:
         return "Dispatcher(...)"
@@ -208,6 +211,12 @@ class Dispatcher:
         if earliest is None:
             return 0.0
         return max(0.0, (earliest - self._clock()).total_seconds())
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep up to `seconds`, or until this process schedules a retry (the sweeper's wait)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._rescheduled.wait(), timeout=seconds)
+        self._rescheduled.clear()
 
     async def close(self, grace_seconds: float) -> bool:
         """Stop claiming rows and wait (bounded) for the sends in flight; True if all finished.
@@ -321,6 +330,7 @@ class Dispatcher:
             return
         row.status, row.reason, row.next_attempt_at = "queued", "retrying", due
         _release(row)
+        self._rescheduled.set()
         error_kind = "http_5xx" if result.error_code.startswith("http_5") else result.error_code
         OUTBOUND_RETRIES.labels(channel=row.channel, purpose=row.purpose, error=error_kind).inc()
         log.warning(

@@ -44,7 +44,8 @@ async def _sweep_outbox(services: Services) -> None:
                 wait = min(wait, max(due, SWEEP_MIN_SECONDS))
         except Exception as exc:
             log.warning("outbox.sweep_failed", error=type(exc).__name__)
-        await asyncio.sleep(wait)
+        # Woken early when a request's send schedules a retry that may fall due sooner.
+        await services.dispatcher.nap(wait)
 
 
 def create_app(settings: Settings | None = None, *, messenger: Messenger | None = None) -> FastAPI:

@@ -505,3 +505,11 @@ async def test_the_pending_gauge_counts_what_waits(env: Env) -> None:
     await dispatcher.drain()  # one fails and waits (half of 2 s), the other is sent
     assert await dispatcher.seconds_until_due() == 1.0
     assert REGISTRY.get_sample_value("gateway_outbox_pending") == 1
+
+
+async def test_a_scheduled_retry_wakes_the_sweeper(env: Env) -> None:
+    dispatcher = env.dispatcher(ScriptedMessenger([transient()]))
+    napping = asyncio.create_task(dispatcher.nap(3600))
+    await env.queue("notice")
+    await dispatcher.drain()
+    await asyncio.wait_for(napping, 30)  # woken long before the hour is up

@@ -124,4 +124,4 @@ async def test_an_unreachable_twilio_is_told_honestly_with_the_call_offered(
     await engine.dispose()
     # Not lost: queued again for a retry with backoff (core/dispatch.py), the call offered now.
     assert (row.status, row.purpose, row.provider_sid) == ("queued", "code", None)
-    assert (row.attempts, row.error_code, row.reason) == (1, "connect", "retrying")
+    assert row.attempts >= 1 and (row.error_code, row.reason) == ("connect", "retrying")
