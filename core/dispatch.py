@@ -212,6 +212,11 @@ class Dispatcher:
             return 0.0
         return max(0.0, (earliest - self._clock()).total_seconds())
 
+    @property
+    def stopping(self) -> bool:
+        """Whether `close` was called: no more rows are claimed."""
+        return self._stopping
+
     async def nap(self, seconds: float) -> None:
         """Sleep up to `seconds`, or until this process schedules a retry (the sweeper's wait)."""
         with contextlib.suppress(TimeoutError):
@@ -225,6 +230,7 @@ class Dispatcher:
         grace runs out is left `sending`, and its lease decides later (ambiguous: not resent).
         """
         self._stopping = True
+        self._rescheduled.set()  # wake the sweeper, so that it sees `stopping` and ends
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=grace_seconds)
         except TimeoutError:

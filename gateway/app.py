@@ -31,7 +31,7 @@ SWEEP_MIN_SECONDS = 0.2
 
 async def _sweep_outbox(services: Services) -> None:
     """Send anything left queued or due for a retry, and blank expired secrets."""
-    while True:
+    while not services.dispatcher.stopping:
         wait: float = SWEEP_INTERVAL_SECONDS
         try:
             await services.dispatcher.drain()
@@ -65,10 +65,11 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
             # (and the sends they started); now stop claiming rows and let the sends in flight
             # (the sweeper's) finish, bounded. Whatever is still queued waits for the next
             # process: it was committed, nothing is lost.
-            await services.dispatcher.close(settings.outbox_shutdown_grace_seconds)
-            purger.cancel()
-            with suppress(asyncio.CancelledError):
-                await purger
+            grace = settings.outbox_shutdown_grace_seconds
+            await services.dispatcher.close(grace)
+            # The sweeper, woken, ends at its next check rather than being cut off mid-query.
+            with suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(purger, timeout=max(grace, 1.0))
             await services.close()
 
     app = FastAPI(
