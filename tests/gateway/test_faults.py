@@ -27,7 +27,15 @@ from core.delivery import OUTBOX_KEY_PARAM, Delivery, TwilioMessenger, record_st
 from core.dispatch import Dispatcher, RetryPolicy
 from core.models import OutboxMessage
 from gateway.app import create_app
-from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, seed_accounts
+from tests.conftest import (
+    AUTH_TOKEN,
+    MOBILE,
+    MOBILE_ONLY,
+    PUBLIC_BASE_URL,
+    SECOND_MOBILE,
+    seed_accounts,
+)
+from tests.fakes import RecordingMessenger
 from tests.gateway.twilio_fault_proxy import FaultProxy
 from tests.servers import free_port
 from tests.twilio_driver import Call, Phone, Twilio
@@ -347,3 +355,56 @@ async def test_the_status_callback_url_with_the_outbox_key_is_accepted(
     assert response.status_code == 204
     [row] = await outbox_rows(settings)
     assert (row.status, row.body) == ("delivered", "")
+
+
+# -- a process killed mid-send, and the next one starting ---------------------------------
+
+
+async def test_a_restart_after_a_crash_mid_send_resends_nothing_ambiguous_and_loses_nothing(
+    settings: Settings, redis: Redis
+) -> None:
+    await seed_accounts(settings)
+    first = RecordingMessenger()
+    app = create_app(settings, messenger=first)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            phone = Phone(Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), MOBILE)
+            await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")
+    assert len(first.to(MOBILE)) == 1
+    # The crash, as the database saw it: the code SMS was marked `sending` and the process
+    # died before recording Twilio's answer; a notice had been claimed, not yet sent.
+    past = datetime.now(UTC) - timedelta(minutes=5)
+    engine = create_engine(settings.database_url)
+    async with transaction(create_sessionmaker(engine)) as session:
+        await session.execute(
+            update(OutboxMessage).values(
+                status="sending", provider_sid=None, claim_token="dead", claimed_until=past
+            )
+        )
+        delivery = Delivery(settings, session, Keyring(settings), lambda: None)
+        await delivery.sms(SECOND_MOBILE, "ЕИРЦ: уведомление", "notice")
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.purpose == "notice")
+            .values(status="claimed", claim_token="dead", claimed_until=past)
+        )
+    await engine.dispose()
+
+    # The next process starts: its sweeper settles the dead claims.
+    second = RecordingMessenger()
+    app = create_app(settings, messenger=second)
+    async with app.router.lifespan_context(app):
+        await app.state.services.dispatcher.drain()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            phone = Phone(Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), MOBILE)
+            # The code may or may not have gone: not sent again; the call is offered instead.
+            assert await phone.text("123456") == [ru("sms.reply_undelivered")]
+    assert second.to(MOBILE) == []
+    assert [sent.purpose for sent in second.to(SECOND_MOBILE)] == ["notice"]
+    rows = await outbox_rows(settings)
+    assert [(row.purpose, row.status, row.reason) for row in rows] == [
+        ("code", "unknown", "ambiguous"),
+        ("notice", "sent", None),
+    ]
