@@ -4,6 +4,10 @@ Each request takes the next step of `plan` (then `default`): "forward" it to the
 an HTTP error itself in Twilio's error format ("503", "429", "400:21211"), "stall" (accept and
 never answer), or "hold" (forward once `release` is set; "hold_later": `release_later`). Every request is counted, so a test
 can tell exactly how many times the gateway asked Twilio for something.
+
+Why a proxy and not Prism's own `Prefer: code=503`: Twilio's OpenAPI document defines only 201
+for the Messages and Calls create operations, and Prism answers any other requested code with
+404 "Requested status code 503 is not defined in the document".
 """
 
 from __future__ import annotations
