@@ -163,6 +163,20 @@ class Settings(BaseSettings):
 
     # -- end of operator routing and working hours -----------------------------------------
 
+    # --- Outbound delivery: retries and failures (core/dispatch.py, docs/operations.md) ---
+    # A send Twilio certainly did not take (5xx, 429, no connection) is retried with exponential
+    # backoff and full jitter: attempt n waits a random time up to min(max, base * 2^(n-1))
+    # seconds (at least Retry-After on a 429), and gives up after max_attempts requests.
+    outbox_max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    outbox_retry_base_seconds: Annotated[float, Field(gt=0, le=300)] = 2.0
+    outbox_retry_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # How long a dispatcher's claim on a row lasts: longer than one Twilio request can take.
+    outbox_lease_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    # A code is not sent in the last seconds of its validity: it must arrive while valid.
+    outbox_code_send_margin_seconds: Annotated[int, Field(ge=0, le=300)] = 60
+    # On shutdown, how long in-flight sends may take to finish; unsent rows stay queued.
+    outbox_shutdown_grace_seconds: Annotated[float, Field(ge=0, le=60)] = 10.0
+
     log_json: bool = False
     log_level: str = "INFO"
 

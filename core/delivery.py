@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
-from datetime import timedelta
-from typing import Protocol
+from contextvars import ContextVar
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import delete, select, update
@@ -28,7 +29,42 @@ log = structlog.get_logger(__name__)
 
 
 class DeliveryFailed(RuntimeError):
-    """The message could not be handed to the provider."""
+    """The provider refused the message for good (invalid number, unsubscribed...): not retried.
+
+    `error_code` is the provider's error code or a fixed word ("send", "http_400"): never a
+    number, a text or anything else a resident gave us.
+    """
+
+    def __init__(self, message: str, *, error_code: str = "send") -> None:
+        super().__init__(message)
+        self.error_code = error_code[:16]
+
+
+class TransientDeliveryError(DeliveryFailed):
+    """The provider did not take the message, and saying so was certain: 5xx, 429, no connection.
+
+    Safe to send again later; `retry_after` is the provider's Retry-After in seconds, if given.
+    """
+
+    def __init__(self, message: str, *, error_code: str, retry_after: float | None = None) -> None:
+        super().__init__(message, error_code=error_code)
+        self.retry_after = retry_after
+
+
+class AmbiguousDeliveryError(DeliveryFailed):
+    """The request may have reached the provider, and no answer came back (a read timeout).
+
+    Twilio may have accepted the message: sending it again could deliver it twice, so the
+    dispatcher never does (see core/dispatch.py for the reasoning).
+    """
+
+
+# The outbox row a send is for. The dispatcher sets it around each messenger call, so that the
+# Twilio messenger can name the row in the StatusCallback URL without the Messenger protocol
+# (and every fake implementing it) growing a parameter. Asyncio tasks and to_thread copy it.
+current_outbox_key: ContextVar[str | None] = ContextVar("current_outbox_key", default=None)
+# The query parameter of the StatusCallback URL that carries it.
+OUTBOX_KEY_PARAM = "outbox"
 
 
 class Messenger(Protocol):
@@ -65,7 +101,12 @@ class OutboxMessenger:
 
 
 class TwilioMessenger:
-    """Sends through the real Twilio REST client, with status callbacks."""
+    """Sends through the real Twilio REST client, with status callbacks.
+
+    Every failure is classified for the dispatcher (core/dispatch.py): permanent (4xx other than
+    429: DeliveryFailed), certainly not taken (5xx, 429, no connection: TransientDeliveryError),
+    or unknown (the request went out and no answer came: AmbiguousDeliveryError).
+    """
 
     keeps_messages = False
 
@@ -81,34 +122,47 @@ class TwilioMessenger:
     def __repr__(self) -> str:
         return "TwilioMessenger(<client>)"
 
+    @staticmethod
+    def _callback(url: str) -> str:
+        """The status callback URL, naming the outbox row when the dispatcher sends one."""
+        key = current_outbox_key.get()
+        return f"{url}?{OUTBOX_KEY_PARAM}={key}" if key else url
+
     async def send_sms(self, *, to: str, body: str, purpose: str) -> str:
         """Send an SMS from the short number."""
-        try:
-            message = await asyncio.to_thread(
-                self._client.messages.create,
-                to=to,
-                from_=self._settings.sms_number,
-                body=body,
-                status_callback=self._sms_status_url,
-            )
-        except Exception as exc:
-            # The exception text can quote the request body: keep only its type.
-            raise DeliveryFailed(f"SMS not accepted by Twilio ({type(exc).__name__})") from None
+        message = await self._create(
+            "SMS",
+            self._client.messages.create,
+            to=to,
+            from_=self._settings.sms_number,
+            body=body,
+            status_callback=self._callback(self._sms_status_url),
+        )
         return str(message.sid)
 
     async def place_call(self, *, to: str, url: str, purpose: str) -> str:
         """Place a call from the hotline number."""
-        try:
-            call = await asyncio.to_thread(
-                self._client.calls.create,
-                to=to,
-                from_=self._settings.hotline_number,
-                url=url,
-                status_callback=self._call_status_url,
-            )
-        except Exception as exc:
-            raise DeliveryFailed(f"call not accepted by Twilio ({type(exc).__name__})") from None
+        call = await self._create(
+            "call",
+            self._client.calls.create,
+            to=to,
+            from_=self._settings.hotline_number,
+            url=url,
+            status_callback=self._callback(self._call_status_url),
+        )
         return str(call.sid)
+
+    async def _create(self, what: str, create: Callable[..., Any], **params: object) -> Any:
+        from core.twilio_rest import classify_failure
+
+        def in_thread() -> Any:
+            try:
+                return create(**params)
+            except Exception as exc:
+                # Read in the same worker thread: the Retry-After of this very response.
+                raise classify_failure(what, exc, self._client.http_client) from None
+
+        return await asyncio.to_thread(in_thread)
 
 
 def build_messenger(settings: Settings) -> Messenger:
@@ -128,6 +182,8 @@ FAILED_STATUSES = frozenset({"undelivered", "failed"})
 DELIVERED_STATUSES = frozenset({"delivered", "read"})
 # Texts that carry a secret: purged once delivered, or once the secret has expired anyway.
 SECRET_PURPOSES = frozenset({"code", "password"})
+# Messages that hand a resident a code (the SMS, or the call that speaks one): never late.
+CODE_PURPOSES = frozenset({"code", "code_call"})
 
 
 class Delivery:
@@ -151,6 +207,22 @@ class Delivery:
         self._allowed = frozenset(settings.allowed_countries)
         self._opt_outs = OptOuts(session)
 
+    def _send_before(self, purpose: str) -> datetime | None:
+        """The moment after which this message must no longer go out (None: no limit).
+
+        A code is valid for code_ttl_seconds from now (it was issued in this same request); it
+        must reach the phone before that, so it is not sent in the last `margin` seconds. The
+        verification call speaks a fresh code but answers a caller waiting now: the same limit.
+        """
+        now = utcnow()
+        if purpose in CODE_PURPOSES:
+            ttl = self._settings.code_ttl_seconds
+            margin = min(self._settings.outbox_code_send_margin_seconds, ttl // 2)
+            return now + timedelta(seconds=ttl - margin)
+        if purpose == "password":
+            return now + timedelta(hours=self._settings.temp_password_ttl_hours)
+        return None
+
     def allowed(self, e164: str) -> bool:
         """Whether outbound messages may go to this number at all."""
         return region_of(e164) in self._allowed
@@ -168,6 +240,8 @@ class Delivery:
     ) -> None:
         self._session.add(
             OutboxMessage(
+                idempotency_key=secrets.token_hex(16),
+                send_before=self._send_before(purpose),
                 channel=channel,
                 to_number=to,
                 from_number={
@@ -242,16 +316,40 @@ async def list_outbox(
     return list((await session.scalars(query)).all())
 
 
+# The dispatcher's own states: a status callback must never put a row back into one of them (a
+# provider "queued" would have the dispatcher send the message again).
+DISPATCH_STATES = frozenset({"queued", "claimed", "sending"})
+# Provider states that only say the provider has the message.
+HANDED_OVER_STATES = frozenset({"queued", "accepted", "scheduled", "sending", "sent"})
+
+
 async def record_status(
-    session: AsyncSession, provider_sid: str, status: str, error_code: str | None
+    session: AsyncSession,
+    provider_sid: str,
+    status: str,
+    error_code: str | None,
+    *,
+    outbox_key: str | None = None,
 ) -> OutboxMessage | None:
-    """Apply a provider status callback to the message it is about; None if it is not ours."""
+    """Apply a provider status callback to the message it is about; None if it is not ours.
+
+    The row is found by the provider's sid, or else by our own key from the StatusCallback URL
+    (`?outbox=`): a create request that timed out may still have been accepted, and then this
+    callback is how we learn its sid and fate.
+    """
     row = await session.scalar(
         select(OutboxMessage).where(OutboxMessage.provider_sid == provider_sid)
     )
+    if row is None and outbox_key:
+        row = await session.scalar(
+            select(OutboxMessage).where(OutboxMessage.idempotency_key == outbox_key[:32])
+        )
+        if row is not None and row.provider_sid is None:
+            row.provider_sid = provider_sid[:64] or None
     if row is None:
         return None
-    row.status = status[:16]
+    status = (status or "")[:16]
+    row.status = "sent" if status in HANDED_OVER_STATES or not status else status
     row.error_code = error_code[:16] if error_code else None
     if row.status in DELIVERED_STATUSES and row.purpose in SECRET_PURPOSES:
         row.body = ""

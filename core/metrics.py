@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 RECOVERY_EVENTS = Counter(
     "gateway_recovery_events",
@@ -25,4 +25,20 @@ TRANSFER_OUTCOMES = Counter(
     "gateway_transfer_outcomes",
     "Transfers to an operator by route and outcome (answered, no_answer, hung_up, callback).",
     ["route", "outcome"],
+)
+
+# --- Outbound delivery (core/dispatch.py) ---
+OUTBOX_PENDING = Gauge(
+    "gateway_outbox_pending",
+    "Outbound SMS and calls waiting to be sent (queued or being sent), as of the last sweep.",
+)
+OUTBOUND_RETRIES = Counter(
+    "gateway_outbound_retries",
+    "Sends Twilio certainly did not take, queued again, by channel, purpose and error kind.",
+    ["channel", "purpose", "error"],
+)
+OUTBOUND_FAILURES = Counter(
+    "gateway_outbound_failures",
+    "Outbound messages that will not be sent (again), by channel, purpose and reason.",
+    ["channel", "purpose", "reason"],
 )

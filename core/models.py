@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Enum, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import Enum, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db import Base, utcnow
@@ -96,6 +96,8 @@ class OutboxMessage(Base):
     """An outbound SMS or call, kept in the database instead of being sent (or as its record)."""
 
     __tablename__ = "outbox"
+    # The dispatcher's question: which queued rows are due?
+    __table_args__ = (Index("ix_outbox_status_due", "status", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     channel: Mapped[OutboundChannel] = mapped_column(_enum(OutboundChannel, "outbound_channel"))
@@ -111,10 +113,27 @@ class OutboxMessage(Base):
     attempt_ref: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
+    # Delivery bookkeeping (core/dispatch.py). Our own id for the message: it rides in the
+    # StatusCallback URL, so a status callback names the row even when the create request timed
+    # out and we never learnt the provider's sid. Random, so it says nothing about anyone.
+    idempotency_key: Mapped[str | None] = mapped_column(String(32), unique=True)
+    # Requests made to the provider so far, and when the next may be made (None: at once).
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    # Not sent after this: a code must never arrive after it stopped being valid.
+    send_before: Mapped[datetime | None] = mapped_column()
+    # The claim of one dispatcher: a token and a lease; a dead process's claim runs out.
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    claimed_until: Mapped[datetime | None] = mapped_column()
+    # Why the row stopped where it did: retrying, gave_up, permanent, expired, ambiguous, ...
+    reason: Mapped[str | None] = mapped_column(String(32))
 
     def __repr__(self) -> str:
         # The body can carry a code or a password: never part of the repr.
-        return f"OutboxMessage(id={self.id}, channel={self.channel}, purpose={self.purpose})"
+        return (
+            f"OutboxMessage(id={self.id}, channel={self.channel}, purpose={self.purpose}, "
+            f"status={self.status})"
+        )
 
 
 class AuditEvent(Base):

@@ -13,7 +13,7 @@ from core.config import Settings
 from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker
 from core.delivery import Delivery, Messenger, build_messenger
-from core.dispatch import Dispatcher
+from core.dispatch import Dispatcher, RetryPolicy
 from core.models import OutboxMessage
 from core.recovery import RecoveryService
 from core.redis import create_redis
@@ -49,7 +49,10 @@ class Services:
 
         async def on_failure(session: AsyncSession, row: OutboxMessage) -> None:
             if row.purpose == "code" and row.attempt_ref:
-                await services.recovery(session).mark_undelivered(row.attempt_ref, "send")
+                # Bounced, refused, given up, too late or unknown: the call is offered.
+                await services.recovery(session).mark_undelivered(
+                    row.attempt_ref, row.error_code or row.reason or "send"
+                )
 
         services = cls(
             settings=settings,
@@ -60,7 +63,9 @@ class Services:
             messenger=messenger,
             prompts=load_catalogue(),
             verifier=SignatureVerifier(settings),
-            dispatcher=Dispatcher(sessionmaker, messenger, keyring, on_failure),
+            dispatcher=Dispatcher(
+                sessionmaker, messenger, keyring, on_failure, RetryPolicy.from_settings(settings)
+            ),
         )
         return services
 

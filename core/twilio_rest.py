@@ -2,17 +2,131 @@
 
 from __future__ import annotations
 
+import threading
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit, urlunsplit
 
+import requests
+from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
 from core.config import Settings
+from core.db import utcnow
+from core.delivery import AmbiguousDeliveryError, DeliveryFailed, TransientDeliveryError
 
 
 # twilio ships no type information, so mypy sees its classes as Any.
-class BaseUrlHttpClient(TwilioHttpClient):  # type: ignore[misc]
+class GatewayHttpClient(TwilioHttpClient):  # type: ignore[misc]
+    """Twilio's own HTTP client, remembering the Retry-After of the last response per thread.
+
+    twilio's exceptions carry the status and error code but not the headers; the messenger runs
+    each request in a worker thread and reads this right after, in that same thread.
+    """
+
+    def __init__(self, *, timeout: float | None = None) -> None:
+        super().__init__(timeout=timeout)
+        self._local = threading.local()
+
+    def last_retry_after(self) -> float | None:
+        """Seconds the last response in this thread asked us to wait (None: it did not say)."""
+        value: float | None = getattr(self._local, "retry_after", None)
+        return value
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> Response:
+        """Send the request; note its Retry-After."""
+        self._local.retry_after = None
+        response = super().request(
+            method,
+            url,
+            params=params,
+            data=data,
+            headers=headers,
+            auth=auth,
+            timeout=timeout,
+            allow_redirects=allow_redirects,
+        )
+        self._local.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return response
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A Retry-After header (seconds, or an HTTP date) in seconds from now; None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - utcnow()).total_seconds())
+
+
+def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
+    """Whether the connection failed before any byte of the request went out.
+
+    requests wraps urllib3's errors: a refused or unresolvable connection (NewConnectionError,
+    NameResolutionError) or a connect timeout is certain; a reset or a closed connection after
+    the request was written (ProtocolError) is not.
+    """
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # MaxRetryError.reason
+    from urllib3.exceptions import NewConnectionError
+
+    return isinstance(reason, NewConnectionError)
+
+
+def classify_failure(what: str, exc: Exception, http_client: object) -> DeliveryFailed:
+    """Turn what the Twilio client raised into the dispatcher's three kinds of failure.
+
+    Only fixed words and Twilio's numeric codes leave here: the exception's text can quote the
+    request (the number, the text of the message), so it is dropped.
+    """
+    if isinstance(exc, TwilioRestException):
+        status = int(exc.status or 0)
+        if status == 429 or status >= 500:
+            retry_after = None
+            if isinstance(http_client, GatewayHttpClient):
+                retry_after = http_client.last_retry_after()
+            return TransientDeliveryError(
+                f"{what} not accepted by Twilio (HTTP {status})",
+                error_code=f"http_{status}",
+                retry_after=retry_after,
+            )
+        code = str(exc.code) if isinstance(exc.code, int) else f"http_{status}"
+        return DeliveryFailed(f"{what} refused by Twilio (HTTP {status})", error_code=code)
+    if isinstance(exc, requests.exceptions.ConnectionError) and _never_connected(exc):
+        return TransientDeliveryError(
+            f"{what} not sent: Twilio unreachable ({type(exc).__name__})", error_code="connect"
+        )
+    if isinstance(exc, requests.exceptions.Timeout):
+        return AmbiguousDeliveryError(
+            f"{what} sent, no answer from Twilio ({type(exc).__name__})", error_code="timeout"
+        )
+    # A connection lost mid-request, an unreadable answer: Twilio may have the message.
+    return AmbiguousDeliveryError(
+        f"{what} outcome unknown ({type(exc).__name__})", error_code="unknown"
+    )
+
+
+class BaseUrlHttpClient(GatewayHttpClient):
     """Twilio's own HTTP client, with the scheme and host of every request replaced.
 
     twilio 9.x has no setting for the API host (only Twilio's edges and regions), but it accepts any
@@ -69,7 +183,7 @@ def build_twilio_client(settings: Settings) -> Client:
     http_client: TwilioHttpClient = (
         BaseUrlHttpClient(settings.twilio_api_url, timeout=timeout)
         if settings.twilio_api_url
-        else TwilioHttpClient(timeout=timeout)
+        else GatewayHttpClient(timeout=timeout)
     )
     return Client(
         settings.twilio_account_sid,

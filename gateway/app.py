@@ -26,20 +26,27 @@ log = structlog.get_logger(__name__)
 
 
 SWEEP_INTERVAL_SECONDS = 30
+# The sweeper wakes for a retry that falls due sooner, but not more often than this.
+SWEEP_MIN_SECONDS = 0.2
 
 
 async def _sweep_outbox(services: Services) -> None:
-    """Send anything left queued, and blank texts whose code or password has expired."""
-    while True:
+    """Send anything left queued or due for a retry, and blank expired secrets."""
+    while not services.dispatcher.stopping:
+        wait: float = SWEEP_INTERVAL_SECONDS
         try:
             await services.dispatcher.drain()
             async with transaction(services.sessionmaker) as session:
                 purged = await purge_expired_secrets(session, services.settings)
             if purged:
                 log.info("outbox.purged", messages=purged)
+            due = await services.dispatcher.seconds_until_due()
+            if due is not None:
+                wait = min(wait, max(due, SWEEP_MIN_SECONDS))
         except Exception as exc:
             log.warning("outbox.sweep_failed", error=type(exc).__name__)
-        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        # Woken early when a request's send schedules a retry that may fall due sooner.
+        await services.dispatcher.nap(wait)
 
 
 def create_app(settings: Settings | None = None, *, messenger: Messenger | None = None) -> FastAPI:
@@ -55,9 +62,15 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
         try:
             yield
         finally:
-            purger.cancel()
-            with suppress(asyncio.CancelledError):
-                await purger
+            # Graceful shutdown (outbound delivery): uvicorn has finished the in-flight requests
+            # (and the sends they started); now stop claiming rows and let the sends in flight
+            # (the sweeper's) finish, bounded. Whatever is still queued waits for the next
+            # process: it was committed, nothing is lost.
+            grace = settings.outbox_shutdown_grace_seconds
+            await services.dispatcher.close(grace)
+            # The sweeper, woken, ends at its next check rather than being cut off mid-query.
+            with suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(purger, timeout=max(grace, 1.0))
             await services.close()
 
     app = FastAPI(

@@ -13,7 +13,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from core.config import Settings
-from core.twilio_rest import BaseUrlHttpClient, build_twilio_client
+from core.twilio_rest import BaseUrlHttpClient, GatewayHttpClient, build_twilio_client
 
 ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"
 AUTH_TOKEN = "mock-only-auth-token-0123456789"
@@ -121,12 +121,14 @@ def test_auth_token_stays_out_of_twilio_logs(
     assert basic not in caplog.text
 
 
-def test_without_api_url_the_stock_http_client_is_used() -> None:
+def test_without_api_url_twilios_own_http_client_is_used() -> None:
     settings = Settings(twilio_api_url=None, twilio_timeout_seconds=3.5)
 
     client = build_twilio_client(settings)
 
-    assert type(client.http_client) is TwilioHttpClient
+    # Twilio's own client (only noting Retry-After), sending to Twilio's own hosts.
+    assert type(client.http_client) is GatewayHttpClient
+    assert isinstance(client.http_client, TwilioHttpClient)
     assert client.http_client.timeout == 3.5
     assert client.account_sid == settings.twilio_account_sid
 

@@ -122,4 +122,6 @@ async def test_an_unreachable_twilio_is_told_honestly_with_the_call_offered(
     async with create_sessionmaker(engine)() as session:
         [row] = (await session.scalars(select(OutboxMessage))).all()
     await engine.dispose()
-    assert (row.status, row.purpose, row.provider_sid) == ("failed", "code", None)
+    # Not lost: queued again for a retry with backoff (core/dispatch.py), the call offered now.
+    assert (row.status, row.purpose, row.provider_sid) == ("queued", "code", None)
+    assert row.attempts >= 1 and (row.error_code, row.reason) == ("connect", "retrying")
