@@ -392,14 +392,20 @@ async def operator_desk(form: TwilioRequest, services: ServicesDep) -> Response:
 
 
 @router.post("/status", status_code=status.HTTP_204_NO_CONTENT)
-async def call_status(form: TwilioRequest, services: ServicesDep, db: DbSession) -> Response:
+async def call_status(
+    form: TwilioRequest,
+    services: ServicesDep,
+    db: DbSession,
+    outbox: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
     """Call status callback: a finished call's state (and any sealed secret) is dropped.
 
     A transfer still waiting when the call ends was abandoned by the caller.
     """
     call_sid = _call_sid(form)
-    # Our own outbound calls (code calls) keep their status in the outbox.
-    await record_status(db, call_sid, form.get("CallStatus"), None)
+    # Our own outbound calls (code calls) keep their status in the outbox, found by their sid
+    # or by our key from the StatusCallback URL (`outbox`).
+    await record_status(db, call_sid, form.get("CallStatus"), None, outbox_key=outbox)
     if form.get("CallStatus") in FINAL_CALL_STATUSES:
         await _store(services).end(call_sid)
         cases = Escalations(db, services.keyring)

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from twilio.twiml.messaging_response import MessagingResponse
 
 from core.delivery import FAILED_STATUSES, record_status
@@ -116,11 +116,20 @@ def _render(services: ServicesDep, reply: Reply | None) -> str:
 
 
 @router.post("/status", status_code=status.HTTP_204_NO_CONTENT)
-async def sms_status(form: TwilioRequest, services: ServicesDep, db: DbSession) -> Response:
-    """Delivery status of a message we sent; a bounced code is offered again by voice call."""
+async def sms_status(
+    form: TwilioRequest,
+    services: ServicesDep,
+    db: DbSession,
+    outbox: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """Delivery status of a message we sent; a bounced code is offered again by voice call.
+
+    `outbox` is our key for the message, from its StatusCallback URL: it finds the row even
+    when the create request timed out and we never learnt Twilio's sid.
+    """
     sid = _message_sid(form)
     state = form.get("MessageStatus") or form.get("SmsStatus")
-    row = await record_status(db, sid, state, form.get("ErrorCode") or None)
+    row = await record_status(db, sid, state, form.get("ErrorCode") or None, outbox_key=outbox)
     if row is not None and state in FAILED_STATUSES and row.purpose == "code" and row.attempt_ref:
         await services.recovery(db).mark_undelivered(row.attempt_ref, row.error_code)
         log.warning("sms.code_undelivered", error=form.get("ErrorCode")[:8])

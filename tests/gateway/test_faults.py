@@ -357,6 +357,36 @@ async def test_the_status_callback_url_with_the_outbox_key_is_accepted(
     assert (row.status, row.body) == ("delivered", "")
 
 
+@pytest.mark.parametrize("channel", ["sms", "voice"])
+async def test_a_signed_callback_with_the_outbox_key_settles_an_ambiguous_send(
+    gateway_behind_proxy: tuple[Twilio, Settings], channel: str
+) -> None:
+    """The send timed out, so we never learnt Twilio's sid: the key in the URL finds the row."""
+    twilio, settings = gateway_behind_proxy
+    await Phone(twilio, MOBILE).text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")
+    [row] = await outbox_rows(settings)
+    engine = create_engine(settings.database_url)
+    async with transaction(create_sessionmaker(engine)) as session:
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == row.id)
+            .values(status="unknown", reason="ambiguous", provider_sid=None)
+        )
+    await engine.dispose()
+    late_sid = ("SM" if channel == "sms" else "CA") + "b" * 32
+    fields = (
+        {"MessageSid": late_sid, "MessageStatus": "delivered", "To": MOBILE}
+        if channel == "sms"
+        else {"CallSid": late_sid, "CallStatus": "completed", "To": MOBILE}
+    )
+    path = "/sms/status" if channel == "sms" else "/ivr/status"
+    response = await twilio.post(f"{path}?{OUTBOX_KEY_PARAM}={row.idempotency_key}", fields)
+    assert response.status_code == 204
+    [row] = await outbox_rows(settings)
+    assert row.provider_sid == late_sid
+    assert row.status == ("delivered" if channel == "sms" else "completed")
+
+
 # -- a process killed mid-send, and the next one starting ---------------------------------
 
 
