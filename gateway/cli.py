@@ -13,6 +13,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from twilio.twiml.messaging_response import MessagingResponse
 
 from core.config import Settings
 from core.crypto import Keyring
@@ -23,6 +24,9 @@ from gateway.cli_accounts import accounts_app
 from gateway.cli_audit import audit_app
 from gateway.cli_operators import operators_app
 from gateway.simulator import OutboxItem, PhoneSimulator, RichConsoleIO
+from ivr.screens import Screens
+from ivr.twiml import Renderer
+from voice_prompts import Language, load_catalogue
 
 # No locals in tracebacks: a crash must never print a password given on the command line.
 app = typer.Typer(
@@ -92,6 +96,26 @@ def db_upgrade() -> None:
     """Apply the database migrations (creates the schema on a new database)."""
     asyncio.run(upgrade_database(Settings().database_url))
     console.print("database is up to date")
+
+
+@app.command("fallback-twiml")
+def fallback_twiml(
+    sms: Annotated[bool, typer.Option("--sms", help="The short number's TwiML instead.")] = False,
+) -> None:
+    """Print the TwiML for Twilio's "primary handler fails" setting (a TwiML Bin).
+
+    Voice: an apology and a transfer to GATEWAY_OPERATOR_NUMBER. SMS: an apology with the
+    hotline number. Neither needs the gateway, so they work while it is down.
+    """
+    settings = Settings()
+    prompts = load_catalogue()
+    if sms:
+        reply = MessagingResponse()
+        reply.message(prompts.text("sms.reply_error", Language.ru, hotline=settings.hotline_number))
+        typer.echo(str(reply))
+        return
+    screens = Screens(settings=settings, keyring=Keyring(settings), prompts=prompts)
+    typer.echo(Renderer(settings).render(screens.fallback()))
 
 
 @app.command()

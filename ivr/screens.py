@@ -61,6 +61,21 @@ class Screens:
         call.notices = ["voice.error_apology"]
         return self.screen(call)
 
+    def fallback(self) -> Screen:
+        """The TwiML for Twilio's "primary handler fails" URL: an apology and the operator.
+
+        It is served by Twilio (a TwiML Bin) when the gateway cannot answer at all, so it needs
+        nothing of the gateway: no state, no whisper, no callback URLs.
+        """
+        lang = Language.ru
+        return Screen(
+            lines=[
+                self._say("voice.error_apology", lang),
+                self._say("voice.operator_transfer", lang),
+            ],
+            dial=DialSpec(number=self._settings.operator_number),
+        )
+
     def hours(self, language: Language) -> str:
         """The operators' working hours in words."""
         return self._schedule.describe(self._prompts, language)

@@ -56,8 +56,9 @@ class DialSpec:
     """
 
     number: str
-    whisper_url: str
-    action: str
+    # Both unset in the fallback TwiML, which must work with the gateway down.
+    whisper_url: str | None = None
+    action: str | None = None
     timeout: int = 30
 
     @property
@@ -139,9 +140,17 @@ class Renderer:
                 self._say(response, line)
         if screen.dial:
             spec_dial = screen.dial
-            dial = response.dial(action=spec_dial.action, method="POST", timeout=spec_dial.timeout)
+            dial = response.dial(
+                action=spec_dial.action,
+                method="POST" if spec_dial.action else None,
+                timeout=spec_dial.timeout,
+            )
             noun = dial.sip if spec_dial.is_sip else dial.number
-            noun(spec_dial.number, url=spec_dial.whisper_url, method="POST")
+            noun(
+                spec_dial.number,
+                url=spec_dial.whisper_url,
+                method="POST" if spec_dial.whisper_url else None,
+            )
         elif screen.enqueue:
             response.enqueue(
                 screen.enqueue.queue,
