@@ -159,12 +159,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """A throw-away redis-server on a free loopback port (also used by the benchmark)."""
+def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
+    """A throw-away redis-server on a loopback port, free unless given (to restart a server on
+    the port its clients know); also used by the benchmark."""
     executable = shutil.which("redis-server")
     if executable is None:
         raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
-    port = free_port()
+    port = port or free_port()
     server = ServerProcess(
         "redis-server",
         [
