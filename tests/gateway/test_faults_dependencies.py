@@ -14,7 +14,6 @@ dependency, with no restart of the gateway.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
@@ -109,7 +108,7 @@ class TcpProxy:
             self._writers.discard(sink)
 
 
-@contextlib.asynccontextmanager
+@asynccontextmanager
 async def proxy_to(url: str) -> AsyncIterator[TcpProxy]:
     """A proxy in front of the host and port of a server URL, stopped afterwards."""
     parsed = make_url(url)
