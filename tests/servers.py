@@ -385,7 +385,7 @@ def database_kind(request: pytest.FixtureRequest) -> str:
     return kind
 
 
-def _in_own_thread(work: Callable[[], T]) -> T:
+def in_own_thread(work: Callable[[], T]) -> T:
     """Run blocking set-up (which may start an event loop) away from the test's event loop."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(work).result()
@@ -414,7 +414,7 @@ class PostgresDatabases:
             finally:
                 await engine.dispose()
 
-        _in_own_thread(lambda: asyncio.run(run()))
+        in_own_thread(lambda: asyncio.run(run()))
 
     def create(self, template: str = "template0") -> str:
         """A new database copied from `template` (template0: empty); returns its name."""
@@ -442,7 +442,7 @@ def migrated_postgres_template(postgres_databases: PostgresDatabases) -> Iterato
     postgres_databases.drop(TEMPLATE_DATABASE)
     postgres_databases.execute(f'CREATE DATABASE "{TEMPLATE_DATABASE}" TEMPLATE template0')
     url = postgres_databases.url(TEMPLATE_DATABASE)
-    _in_own_thread(lambda: asyncio.run(upgrade_database(url)))
+    in_own_thread(lambda: asyncio.run(upgrade_database(url)))
     yield TEMPLATE_DATABASE
     postgres_databases.drop(TEMPLATE_DATABASE)
 
