@@ -26,11 +26,12 @@ from sqlalchemy.engine import make_url
 
 from core.config import Settings
 from gateway.app import create_app
-from tests.conftest import MOBILE_ONLY, Gateway, seed_accounts
+from tests.conftest import MOBILE, MOBILE_ONLY, Gateway, seed_accounts
 from tests.fakes import RecordingMessenger
 from tests.ivr.test_webhooks import assert_operator_dial, ru
+from tests.security.test_redis_failures import sms_reply
 from tests.servers import free_port, redis_server
-from tests.twilio_driver import Call, Twilio
+from tests.twilio_driver import Call, Phone, Twilio
 
 # Twilio hangs up on a webhook that has not answered in 15 s: the bound every answer must meet
 # with the production timeouts (GATEWAY_REDIS_TIMEOUT_SECONDS, GATEWAY_DATABASE_TIMEOUT_SECONDS).
@@ -198,6 +199,9 @@ async def test_redis_stopped_mid_call_then_started_again(
             fresh = gateway.call()
             await in_time(fresh.start())
             assert_apology_and_operator(fresh, gateway)
+            phone = Phone(gateway.twilio, MOBILE)
+            replies = await in_time(phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}"))
+            assert replies == [sms_reply("sms.reply_error")]
             assert gateway.messenger.sent == []
 
             # Started again on the same port, empty: the gateway reconnects by itself.
