@@ -119,9 +119,9 @@ def _check_plain_url(url: str) -> None:
 def create_redis(url: str, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> Redis:
     """Connect to Redis; `memory://` gives fakeredis for the single-process demo.
 
-    Every connect and command is bounded by `timeout_seconds`, and a failed one is retried once
-    at once on a new connection (which is what a restarted server needs), never more: redis-py's
-    default of ten retries with backoff would hold a webhook past Twilio's 15 s.
+    Every connect and command is bounded by `timeout_seconds` (redis-py's own default is 5 s),
+    and a failed one is retried once, at once, on a new connection (what a restarted server
+    needs) and never more, so a stalled Redis costs a webhook about twice the timeout.
     """
     if url.startswith("memory://"):
         import fakeredis
