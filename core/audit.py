@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from core.crypto import Keyring
 from core.db import utcnow
@@ -28,7 +29,8 @@ DetailValue = str | int | bool | None
 GENESIS_HASH = "0" * 64
 # Bumped if the canonical form ever changes, so that old and new rows cannot be confused.
 CANONICAL_VERSION = "audit-chain/1"
-# pg_advisory_xact_lock key of the chain ("EIRCAUDT"): one appender at a time, until commit.
+# pg_advisory_xact_lock key of the chain ("EIRCAUDT"): one appender at a time, from the chaining
+# just before commit until the commit.
 CHAIN_LOCK_KEY = 0x4549_5243_4155_4454
 VERIFY_BATCH = 1000
 
@@ -69,7 +71,12 @@ def seal(keyring: Keyring, canonical: str) -> str:
 
 
 class AuditLog:
-    """Writes audit events into the caller's transaction, each one chained to the last."""
+    """Writes audit events into the caller's transaction; they are chained when it commits.
+
+    Chaining takes the one appender lock of the whole trail. Taking it at the first event would
+    hold it across everything else the request does (hashing a password, Redis, the provider);
+    taking it at commit holds it for one SELECT and the INSERTs.
+    """
 
     def __init__(self, session: AsyncSession, keyring: Keyring) -> None:
         self._session = session
@@ -94,21 +101,47 @@ class AuditLog:
             account_masked=mask_account(account_number) if account_number else None,
             detail=json.dumps(detail, ensure_ascii=False, sort_keys=True),
         )
-        await self._lock_chain()
-        last = (
-            await self._session.execute(
-                select(AuditEvent.seq, AuditEvent.hash)
-                .where(AuditEvent.seq.is_not(None))
-                .order_by(AuditEvent.seq.desc())
-                .limit(1)
-            )
-        ).first()
-        row.seq = (last.seq or 0) + 1 if last else 1
-        # A cleared hash on the last link is tampering that `verify_chain` reports; linking to
-        # the empty string keeps appending (the recovery must go on) without hiding it.
-        row.prev_hash = (last.hash or "") if last else GENESIS_HASH
-        row.hash = seal(
-            self._keyring,
+        pending: _Pending = self._session.sync_session.info.setdefault(
+            _PENDING, _Pending(self._keyring)
+        )
+        pending.rows.append(row)
+        RECOVERY_EVENTS.labels(event=event, channel=channel).inc()
+
+
+_PENDING = "audit.pending"
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Events recorded in a transaction and not chained yet."""
+
+    keyring: Keyring
+    rows: list[AuditEvent] = field(default_factory=list)
+
+
+@event.listens_for(Session, "before_commit")
+def _chain_pending(session: Session) -> None:
+    """Chain and add the transaction's events, just before it commits (the flush follows)."""
+    pending: _Pending | None = session.info.pop(_PENDING, None)
+    if not pending or not pending.rows:
+        return
+    _lock_chain(session)
+    last = session.execute(
+        select(AuditEvent.seq, AuditEvent.hash)
+        .where(AuditEvent.seq.is_not(None))
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    ).first()
+    seq = (last.seq or 0) if last else 0
+    # A cleared hash on the last link is tampering that `verify_chain` reports; linking to the
+    # empty string keeps appending (the recovery must go on) without hiding it.
+    prev_hash = (last.hash or "") if last else GENESIS_HASH
+    for row in pending.rows:
+        seq += 1
+        row.seq = seq
+        row.prev_hash = prev_hash
+        row.hash = prev_hash = seal(
+            pending.keyring,
             canonical_form(
                 row.seq,
                 row.created_at,
@@ -121,24 +154,27 @@ class AuditLog:
                 row.prev_hash,
             ),
         )
-        self._session.add(row)
-        await self._session.flush()
-        RECOVERY_EVENTS.labels(event=event, channel=channel).inc()
+    session.add_all(pending.rows)
 
-    async def _lock_chain(self) -> None:
-        """Make this transaction the only appender until it ends, so the chain cannot fork."""
-        dialect = self._session.get_bind().dialect.name
-        if dialect == "postgresql":
-            await self._session.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY}
-            )
-        elif dialect == "sqlite":
-            # SQLite allows one writer at a time, but the driver opens the transaction only at
-            # the first write: a plain SELECT of the last hash could read a link that another
-            # connection is about to extend. A write that changes nothing takes the write lock
-            # (waiting out the busy timeout) first, so the SELECT sees the true last link.
-            await self._session.execute(text("UPDATE audit_events SET seq = seq WHERE 0"))
-        # Elsewhere the unique `seq` still turns a race into a failed insert, never a fork.
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending(session: Session) -> None:
+    """A rolled-back transaction records nothing."""
+    session.info.pop(_PENDING, None)
+
+
+def _lock_chain(session: Session) -> None:
+    """Make this transaction the only appender until it ends, so the chain cannot fork."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
+    elif dialect == "sqlite":
+        # SQLite allows one writer at a time, but the driver opens the transaction only at the
+        # first write: a plain SELECT of the last hash could read a link that another
+        # connection is about to extend. A write that changes nothing takes the write lock
+        # (waiting out the busy timeout) first, so the SELECT sees the true last link.
+        session.execute(text("UPDATE audit_events SET seq = seq WHERE 0"))
+    # Elsewhere the unique `seq` still turns a race into a failed insert, never a fork.
 
 
 @dataclass(frozen=True, slots=True)

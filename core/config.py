@@ -113,6 +113,18 @@ class Settings(BaseSettings):
     redis_timeout_seconds: Annotated[float, Field(gt=0, le=10)] = 1.0
     # PostgreSQL: connecting, waiting for a pooled connection, and each statement.
     database_timeout_seconds: Annotated[float, Field(gt=0, le=10)] = 3.0
+    # --- end of the dependency timeouts block -------------------------------------------------
+
+    # --- Operator console (gateway/console) -------------------------------------------------
+    # Sign-in sessions live in Redis; the cookie holds only an opaque random id.
+    console_session_minutes: Annotated[int, Field(ge=5, le=24 * 60)] = 480
+    # None: Secure cookies exactly when GATEWAY_PUBLIC_BASE_URL is https (off for the plain-http
+    # demo); true/false forces it, e.g. behind a TLS-terminating proxy on a private http URL.
+    console_cookie_secure: bool | None = None
+    # Sign-in attempts per quarter hour, per username and per client address (sliding windows).
+    console_signin_per_user: Annotated[int, Field(ge=1)] = 5
+    console_signin_per_ip: Annotated[int, Field(ge=1)] = 20
+    # --- end of the operator console block ----------------------------------------------------
 
     log_json: bool = False
     log_level: str = "INFO"
@@ -126,6 +138,13 @@ class Settings(BaseSettings):
     def signature_check_enabled(self) -> bool:
         """Whether webhooks must carry a valid X-Twilio-Signature."""
         return not self.dev_disable_signature_check
+
+    @property
+    def console_cookies_secure(self) -> bool:
+        """Whether console cookies carry the Secure flag."""
+        if self.console_cookie_secure is not None:
+            return self.console_cookie_secure
+        return self.public_base_url.startswith("https://")
 
     @property
     def uses_memory_redis(self) -> bool:

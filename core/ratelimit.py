@@ -10,6 +10,8 @@ Why a sliding log rather than fixed windows: a fixed hour lets twice the budget 
 its boundary (5 codes at 10:59, 5 more at 11:00), and for the toll-fraud breaker that double
 burst comes exactly when it matters. The log is exact and stays small: a refused event is not
 recorded, so a key never holds more members than its limit, and it expires with its window.
+The hourly and daily limits of an account share one log (the hour is its last 3600 s), and key
+names and members are short: every active call holds a few of these keys (DESIGN §9, ≤ 1 KiB).
 
 Keys hold keyed references (`Keyring.reference`), never a phone or account number. They share
 one hash tag, so the multi-key script also runs on Redis Cluster.
@@ -35,7 +37,7 @@ log = structlog.get_logger(__name__)
 
 HOUR_SECONDS = 3600
 DAY_SECONDS = 24 * HOUR_SECONDS
-KEY_PREFIX = "rate:{limits}:"
+KEY_PREFIX = "rate:{rl}:"
 
 
 class Limit(StrEnum):
@@ -48,6 +50,16 @@ class Limit(StrEnum):
     global_outbound = "global_outbound"
 
 
+# The log each limit counts in: short names, and an account's hour and day in one log.
+LOG_NAMES: Mapping[Limit, str] = {
+    Limit.caller_starts: "c",
+    Limit.account_sends_hour: "a",
+    Limit.account_sends_day: "a",
+    Limit.destination_sends: "d",
+    Limit.global_outbound: "g",
+}
+
+
 RATE_LIMITED = Counter(
     "gateway_rate_limited",
     "Requests refused by a rate limit (§6.4), by limit.",
@@ -56,21 +68,30 @@ RATE_LIMITED = Counter(
 for _limit in Limit:
     RATE_LIMITED.labels(limit=_limit)  # every limit shows in /metrics, tripped or not
 
-# KEYS: one per limit checked. ARGV: now (ms), the event's member, record (1) or only look (0),
-# then a (limit, window ms) pair per key. Returns 0 when every limit has room (and, when
-# recording, the event is added to every key), else the 1-based index of the first full key.
+# KEYS: one per limit checked (a key may repeat: two limits over one log). ARGV: now (ms), the
+# event's member, record (1) or only look (0), then a (limit, window ms) pair per key. Returns 0
+# when every limit has room (and, when recording, the event is added to each log once), else the
+# 1-based index of the first full limit. A log is trimmed to the longest window counted in it.
 _ACQUIRE = """
 local now = tonumber(ARGV[1])
+local longest = {}
 for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - tonumber(ARGV[3 + 2 * i]))
-  if redis.call('ZCARD', key) >= tonumber(ARGV[2 + 2 * i]) then
+  local window = tonumber(ARGV[3 + 2 * i])
+  if not longest[key] or window > longest[key] then longest[key] = window end
+end
+for key, window in pairs(longest) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+end
+for i, key in ipairs(KEYS) do
+  local since = now - tonumber(ARGV[3 + 2 * i])
+  if redis.call('ZCOUNT', key, '(' .. since, '+inf') >= tonumber(ARGV[2 + 2 * i]) then
     return i
   end
 end
 if ARGV[3] == '1' then
-  for i, key in ipairs(KEYS) do
+  for key, window in pairs(longest) do
     redis.call('ZADD', key, now, ARGV[2])
-    redis.call('PEXPIRE', key, tonumber(ARGV[3 + 2 * i]))
+    redis.call('PEXPIRE', key, window)
   end
 end
 return 0
@@ -139,18 +160,19 @@ class RateLimiter:
         self._script = redis.register_script(_ACQUIRE)
 
     def key(self, check: Check) -> str:
-        """The Redis key of a check: the limit's name and the subject's keyed reference."""
+        """The Redis key of a check: its log's name and the subject's keyed reference."""
         if check.limit is Limit.global_outbound:
-            return KEY_PREFIX + check.limit
-        return f"{KEY_PREFIX}{check.limit}:{self._keyring.reference(check.subject)}"
+            return KEY_PREFIX + LOG_NAMES[check.limit]
+        return f"{KEY_PREFIX}{LOG_NAMES[check.limit]}:{self._keyring.reference(check.subject)}"
 
     async def acquire(self, *checks: Check) -> Decision:
         """Count one event against every check, all or nothing; says which limit tripped."""
-        member = f"{self._now_ms()}-{secrets.token_hex(8)}"
+        # Unique within a log: the score holds the time, so the member needs only randomness.
+        member = secrets.token_hex(6)
         tripped = await self._run(checks, member, record=True)
         if tripped is not None:
             return Decision(tripped)
-        return Decision(None, tuple(self.key(check) for check in checks), member)
+        return Decision(None, tuple(dict.fromkeys(self.key(check) for check in checks)), member)
 
     async def peek(self, *checks: Check) -> Limit | None:
         """The first of these limits that has no room left, counting nothing."""
@@ -205,6 +227,7 @@ def _masked(check: Check) -> str:
 
 
 __all__ = [
+    "LOG_NAMES",
     "RATE_LIMITED",
     "Check",
     "Decision",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 
 import structlog
@@ -137,7 +137,18 @@ class RecoveryService:
         )
         await self._redis.set(
             self._attempt_key(attempt.id),
-            json.dumps(asdict(attempt)),
+            # Positional and compact: every active call holds one (DESIGN §9, ≤ 1 KiB a call).
+            json.dumps(
+                [
+                    attempt.account_number,
+                    attempt.purpose,
+                    attempt.channel,
+                    attempt.session_ref,
+                    attempt.language,
+                    int(attempt.limited),
+                ],
+                separators=(",", ":"),
+            ),
             ex=self._settings.code_ttl_seconds + 600,
         )
         record = await self._directory.lookup(account_number)
@@ -158,15 +169,15 @@ class RecoveryService:
         raw = await self._redis.get(self._attempt_key(attempt_id))
         if raw is None:
             return None
-        data = json.loads(raw)
+        account_number, purpose, channel, session_ref, language, limited = json.loads(raw)
         return Attempt(
-            id=data["id"],
-            account_number=data["account_number"],
-            purpose=Purpose(data["purpose"]),
-            channel=Channel(data["channel"]),
-            session_ref=data["session_ref"],
-            language=Language(data["language"]),
-            limited=bool(data.get("limited", False)),
+            id=attempt_id,
+            account_number=account_number,
+            purpose=Purpose(purpose),
+            channel=Channel(channel),
+            session_ref=session_ref,
+            language=Language(language),
+            limited=bool(limited),
         )
 
     # -- codes ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from core.db import transaction
 from core.delivery import Messenger, purge_expired_secrets
 from core.deps import ServicesDep
 from core.services import Services
+from gateway.console import install_console
 from gateway.logging import configure_logging
 from ivr.router import router as ivr_router
 from sms.router import router as sms_router
@@ -67,6 +68,8 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
     )
     app.include_router(ivr_router)
     app.include_router(sms_router)
+    # The operator console (/console/): signed-in operators, not Twilio webhooks.
+    install_console(app)
 
     @app.get("/healthz", response_class=PlainTextResponse)
     async def healthz() -> str:

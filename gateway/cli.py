@@ -21,6 +21,7 @@ from core.delivery import list_outbox, purge_expired_secrets, readable_body
 from core.migrate import upgrade_database
 from gateway.cli_accounts import accounts_app
 from gateway.cli_audit import audit_app
+from gateway.cli_operators import operators_app
 from gateway.simulator import OutboxItem, PhoneSimulator, RichConsoleIO
 
 # No locals in tracebacks: a crash must never print a password given on the command line.
@@ -33,6 +34,7 @@ phone_app = typer.Typer(help="The phone simulator: call or text a running gatewa
 app.add_typer(db_app, name="db")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(audit_app, name="audit")
+app.add_typer(operators_app, name="operators")  # the operator console's accounts
 app.add_typer(phone_app, name="phone")
 
 console = Console(highlight=False)

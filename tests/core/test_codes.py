@@ -57,13 +57,15 @@ async def test_code_is_stored_only_as_an_hmac(
     assert "code:attempt-a" in dump
     assert code not in dump
     stored = [text(value) for value in (await redis.hgetall("code:attempt-a")).values()]
-    digests = [value for value in stored if re.fullmatch(r"[0-9a-f]{64}", value)]
+    # 128 bits of the HMAC-SHA256, as hex.
+    digests = [value for value in stored if re.fullmatch(r"[0-9a-f]{32}", value)]
     assert len(digests) == 1
+    assert digests[0] == Keyring(settings).keyed_hash("code", f"attempt-a:{code}")[:32]
     # Keyed: the same code under another server key hashes differently, so the stored value
     # cannot be checked offline without the key.
     other_key = SecretStr("another-secret-key-" + "x" * 20)
     other = Keyring(settings.model_copy(update={"secret_key": other_key}))
-    assert other.keyed_hash("code", f"attempt-a:{code}") not in stored
+    assert other.keyed_hash("code", f"attempt-a:{code}")[:32] not in stored
 
 
 async def test_right_code_is_accepted_once(store: CodeStore) -> None:

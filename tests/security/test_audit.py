@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from typer.testing import CliRunner, Result
 
@@ -411,3 +411,27 @@ async def test_a_voice_recovery_leaves_a_verified_case_history(gateway: Gateway)
     assert names.index("code.sent_sms") < names.index("code.checked") < len(names) - 1
     assert report.events >= len(names)
     assert [event.seq for event in events] == sorted(event.seq or 0 for event in events)
+
+
+async def test_events_are_chained_at_commit_and_vanish_with_a_rollback(any_chain: Chain) -> None:
+    async with transaction(any_chain.sessionmaker) as session:
+        log = AuditLog(session, any_chain.keyring)
+        for number in range(3):
+            await log.record("code.sent", channel="voice", session_ref=f"CA{number:032d}")
+        # Nothing is written (nor locked) before the transaction commits.
+        assert (await session.scalar(select(func.count(AuditEvent.id)))) == 0
+    with pytest.raises(RuntimeError):
+        async with transaction(any_chain.sessionmaker) as session:
+            await AuditLog(session, any_chain.keyring).record(
+                "recovery.completed", channel="voice", session_ref="CA" + "e" * 32
+            )
+            raise RuntimeError("the request failed")
+    async with transaction(any_chain.sessionmaker) as session:
+        await AuditLog(session, any_chain.keyring).record(
+            "code.sent", channel="sms", session_ref="SM" + "1" * 32
+        )
+    report = await any_chain.verify()
+    assert report.intact, report.broken
+    async with any_chain.sessionmaker() as session:
+        rows = (await session.execute(select(AuditEvent.seq, AuditEvent.event))).all()
+    assert sorted(rows) == [(1, "code.sent"), (2, "code.sent"), (3, "code.sent"), (4, "code.sent")]

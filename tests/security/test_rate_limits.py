@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from core.config import Settings
 from core.crypto import Keyring
-from core.ratelimit import Check, Limit, RateLimiter
+from core.ratelimit import LOG_NAMES, Check, Limit, RateLimiter
 from core.services import Services
 from tests.conftest import (
     LANDLINE,
@@ -177,6 +177,33 @@ async def test_the_window_slides(
     assert not await at(6599)
     assert await at(6601)
     assert 0 < await redis.pttl(limiter.key(check)) <= 3600 * 1000
+
+
+@limits(rate_limit_account_sends_per_hour=2, rate_limit_account_sends_per_day=3)
+async def test_an_accounts_hour_and_day_share_one_log(
+    settings: Settings, redis: Redis, logs: list[MutableMapping[str, Any]]
+) -> None:
+    now = [10_000.0]
+    limiter = RateLimiter(redis, settings, Keyring(settings), clock=lambda: now[0])
+    checks = (
+        Check(Limit.account_sends_hour, MOBILE_ONLY),
+        Check(Limit.account_sends_day, MOBILE_ONLY),
+    )
+
+    async def at(seconds: float) -> Limit | None:
+        now[0] = 10_000.0 + seconds
+        return (await limiter.acquire(*checks)).tripped
+
+    assert await at(0) is None
+    assert await at(10) is None
+    assert await at(20) is Limit.account_sends_hour
+    assert await at(3601) is None  # the hour has room again; the day has its third
+    assert await at(7300) is Limit.account_sends_day
+    assert await at(86_401) is None  # the event at 0 has left the day
+    assert limiter.key(checks[0]) == limiter.key(checks[1])
+    # One log: the events at 10, 3601 and 86401 s, each recorded once.
+    assert await redis.zcard(limiter.key(checks[0])) == 3
+    assert 3600 * 1000 < await redis.pttl(limiter.key(checks[0])) <= 86_400 * 1000
 
 
 @limits(rate_limit_destination_sends_per_hour=1)
@@ -450,9 +477,9 @@ async def test_limit_keys_hold_no_raw_numbers(gateway: Gateway, redis: Redis) ->
     await Phone(gateway.twilio, SECOND_MOBILE).text(f"ВОССТАНОВИТЬ {TWO_MOBILES_EMAIL}")
     keys = sorted(text(key) for key in await redis.keys("rate:*"))
     kinds = {key.split(":")[2] for key in keys}
-    assert kinds == {limit.value for limit in Limit}, keys
-    # A limit's name and a 16-hex-digit keyed reference: there is no room for a number.
-    assert all(re.fullmatch(r"rate:\{limits\}:[a-z_]+(:[0-9a-f]{16})?", key) for key in keys), keys
+    assert kinds == set(LOG_NAMES.values()), keys
+    # A log's name and a 16-hex-digit keyed reference: there is no room for a number.
+    assert all(re.fullmatch(r"rate:\{rl\}:[a-z]+(:[0-9a-f]{16})?", key) for key in keys), keys
     for number in (MOBILE_ONLY, LANDLINE_ONLY, TWO_MOBILES_EMAIL, MOBILE, LANDLINE, SECOND_MOBILE):
         assert not any(number.lstrip("+")[-6:] in key for key in keys), (number, keys)
     limiter = RateLimiter(redis, gateway.settings, Keyring(gateway.settings))
