@@ -27,14 +27,21 @@ lint: install
 	$(UV) run ruff format --check .
 	$(UV) run mypy
 
+# The suite runs twice: on SQLite (the default) and on PostgreSQL (`--database=postgresql`: every
+# test's database is a fresh copy of a migrated template on the PostgreSQL server the tests start).
 # pytest exits 5 when it collected no test: a suite that ran nothing has not passed.
+TEST_DATABASES ?= sqlite postgresql
+
 test: system install node_modules/.package-lock.json lint
-	@status=0; $(UV) run pytest $(PYTEST_ARGS) || status=$$?; \
-	if [ "$$status" -eq 5 ]; then \
-		echo "make test: pytest collected no tests; that is a failure, not a pass." >&2; \
-		exit 1; \
-	fi; \
-	exit "$$status"
+	@for database in $(TEST_DATABASES); do \
+		echo "==> pytest on $$database"; \
+		status=0; $(UV) run pytest --database=$$database $(PYTEST_ARGS) || status=$$?; \
+		if [ "$$status" -eq 5 ]; then \
+			echo "make test: pytest collected no tests on $$database; that is a failure, not a pass." >&2; \
+			exit 1; \
+		fi; \
+		if [ "$$status" -ne 0 ]; then exit "$$status"; fi; \
+	done
 
 demo: install
 	$(UV) run eirc-gateway demo

@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     # on its way before the CPU turns to the provider round trip (timing must not tell, §6.2).
     dispatch_delay_ms: Annotated[int, Field(ge=0, le=5000)] = 50
 
+    # --- Dependency timeouts (docs/operations.md "Faults"). Twilio gives a webhook 15 s; a
+    # Redis or database that is down or stalled must turn into the apology and the operator
+    # within a couple of seconds, never into dead air.
+    # Redis: connecting and each command; a failed command is retried once on a new connection
+    # (a restarted server), so a stalled Redis costs a webhook at most about twice this.
+    redis_timeout_seconds: Annotated[float, Field(gt=0, le=10)] = 1.0
+    # PostgreSQL: connecting, waiting for a pooled connection, and each statement.
+    database_timeout_seconds: Annotated[float, Field(gt=0, le=10)] = 3.0
+    # --- end of the dependency timeouts block -------------------------------------------------
+
     # --- Operator console (gateway/console) -------------------------------------------------
     # Sign-in sessions live in Redis; the cookie holds only an opaque random id.
     console_session_minutes: Annotated[int, Field(ge=5, le=24 * 60)] = 480

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, MetaData, TypeDecorator
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -54,11 +54,37 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """Build the async engine for a database URL."""
+# Connecting to PostgreSQL when no timeout was asked for (migrations, the CLI): asyncpg's own
+# default is a minute.
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+def create_engine(url: str, *, timeout_seconds: float | None = None) -> AsyncEngine:
+    """Build the async engine for a database URL.
+
+    `timeout_seconds` (the gateway's GATEWAY_DATABASE_TIMEOUT_SECONDS) bounds connecting, waiting
+    for a pooled connection and each statement on PostgreSQL, so that a database that is down or
+    stalled fails a webhook quickly. Migrations and the CLI pass none: a long migration or import
+    statement must not be cut short.
+    """
     if url.startswith("sqlite"):
         return create_async_engine(url, connect_args={"timeout": 30})
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    connect_args: dict[str, float] = {}
+    options: dict[str, float] = {}
+    if make_url(url).get_driver_name() == "asyncpg":
+        connect_args["timeout"] = timeout_seconds or CONNECT_TIMEOUT_SECONDS
+        if timeout_seconds is not None:
+            connect_args["command_timeout"] = timeout_seconds
+    if timeout_seconds is not None:
+        options["pool_timeout"] = timeout_seconds
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        connect_args=connect_args,
+        **options,
+    )
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

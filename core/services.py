@@ -41,7 +41,9 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, messenger: Messenger | None = None) -> Services:
         """Build everything from settings; tests may pass a messenger of their own."""
-        engine = create_engine(settings.database_url)
+        engine = create_engine(
+            settings.database_url, timeout_seconds=settings.database_timeout_seconds
+        )
         sessionmaker = create_sessionmaker(engine)
         keyring = Keyring(settings)
         messenger = messenger or build_messenger(settings)
@@ -58,7 +60,7 @@ class Services:
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
-            redis=create_redis(settings.redis_url),
+            redis=create_redis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds),
             keyring=keyring,
             messenger=messenger,
             prompts=load_catalogue(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
 import structlog
@@ -91,17 +91,34 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
 
     @app.get("/readyz", response_class=PlainTextResponse)
     async def readyz(services: ServicesDep, response: Response) -> str:
-        """The database and Redis are reachable."""
-        problems = []
-        try:
+        """The database and Redis are reachable: 503 naming the ones that are not (names only,
+        never a URL or an error text). Both are asked at once, each within its own timeout, so a
+        stalled dependency cannot hold the probe."""
+
+        async def database() -> None:
             async with services.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
-        except Exception:
-            problems.append("database")
-        try:
+
+        async def redis() -> None:
             await services.redis.ping()
-        except Exception:
-            problems.append("redis")
+
+        async def down(name: str, check: Callable[[], Awaitable[None]], seconds: float) -> str:
+            try:
+                # Twice the timeout: Redis retries once, the database may connect, then query.
+                await asyncio.wait_for(check(), timeout=2 * seconds)
+            except Exception:
+                return name
+            return ""
+
+        settings = services.settings
+        problems = [
+            name
+            for name in await asyncio.gather(
+                down("database", database, settings.database_timeout_seconds),
+                down("redis", redis, settings.redis_timeout_seconds),
+            )
+            if name
+        ]
         if problems:
             response.status_code = 503
             return "unavailable: " + ", ".join(problems)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -45,11 +44,12 @@ use_fast_hashing_for_tests()
 
 
 @pytest.fixture
-def settings(tmp_path: Path, redis_url: str) -> Settings:
-    """Test settings: a fresh SQLite file, the real Redis server, outbox messenger."""
+def settings(suite_database_url: str, redis_url: str) -> Settings:
+    """Test settings: a fresh database (a SQLite file, or PostgreSQL with `--database=postgresql`,
+    see tests/servers.py), the real Redis server, outbox messenger."""
     return Settings(
         _env_file=None,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
+        database_url=suite_database_url,
         redis_url=redis_url,
         public_base_url=PUBLIC_BASE_URL,
         twilio_auth_token=AUTH_TOKEN,

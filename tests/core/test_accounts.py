@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,8 +50,9 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'accounts.db'}")
+async def engine(new_database: Callable[[], str]) -> AsyncIterator[AsyncEngine]:
+    """An empty database of the suite's kind with the models' tables."""
+    engine = create_engine(new_database())
     async with engine.begin() as connection:
         await connection.run_sync(Base.metadata.create_all)
     yield engine

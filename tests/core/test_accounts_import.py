@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -30,8 +30,9 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'import.db'}")
+async def engine(new_database: Callable[[], str]) -> AsyncIterator[AsyncEngine]:
+    """An empty database of the suite's kind with the models' tables."""
+    engine = create_engine(new_database())
     async with engine.begin() as connection:
         await connection.run_sync(Base.metadata.create_all)
     yield engine

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from redis.asyncio import Redis
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from core.config import Settings
 from core.db import Base, create_engine
-from core.migrate import downgrade_database, upgrade_database
+from core.migrate import alembic_config, downgrade_database, upgrade_database
 from gateway.app import create_app
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, seed_accounts
 from tests.fakes import RecordingMessenger
@@ -24,18 +25,12 @@ from tests.twilio_driver import Call, Twilio
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """An empty database of each kind."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind (PostgreSQL: a new database on the session's server)."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'migrate.db'}"
-        return
-    url: str = request.getfixturevalue("postgres_url")
-    engine = create_engine(url)
-    async with engine.begin() as connection:
-        await connection.execute(text("DROP SCHEMA public CASCADE"))
-        await connection.execute(text("CREATE SCHEMA public"))
-    await engine.dispose()
-    yield url
+        return f"sqlite+aiosqlite:///{tmp_path / 'migrate.db'}"
+    new_postgres_database: Callable[[], str] = request.getfixturevalue("new_postgres_database")
+    return new_postgres_database()
 
 
 def _differences(connection: Connection) -> list[object]:
@@ -44,6 +39,34 @@ def _differences(connection: Connection) -> list[object]:
 
 def _tables(connection: Connection) -> set[str]:
     return set(inspect(connection).get_table_names()) - {"alembic_version"}
+
+
+def _schema(connection: Connection) -> dict[str, object]:
+    """Every table with its columns, indexes, unique and foreign keys, as the database has them."""
+    inspector = inspect(connection)
+    schema: dict[str, object] = {}
+    for table in sorted(_tables(connection)):
+        schema[table] = (
+            sorted(
+                (c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)
+            ),
+            sorted((i["name"], tuple(i["column_names"])) for i in inspector.get_indexes(table)),
+            sorted(
+                (u["name"], tuple(u["column_names"]))
+                for u in inspector.get_unique_constraints(table)
+            ),
+            sorted(
+                (tuple(f["constrained_columns"]), f["referred_table"])
+                for f in inspector.get_foreign_keys(table)
+            ),
+        )
+    return schema
+
+
+def _revisions_from_base(url: str) -> list[str]:
+    """The project's revisions in the order they apply (works for any head)."""
+    script = ScriptDirectory.from_config(alembic_config(url))
+    return [revision.revision for revision in reversed(list(script.walk_revisions()))]
 
 
 async def test_upgrade_matches_the_models_and_downgrade_empties(database_url: str) -> None:
@@ -58,15 +81,35 @@ async def test_upgrade_matches_the_models_and_downgrade_empties(database_url: st
     await engine.dispose()
 
 
-async def test_voice_recovery_on_postgresql(
-    postgres_url: str, settings: Settings, redis: Redis
-) -> None:
-    engine = create_engine(postgres_url)
-    async with engine.begin() as connection:
-        await connection.execute(text("DROP SCHEMA public CASCADE"))
-        await connection.execute(text("CREATE SCHEMA public"))
+async def test_each_downgrade_restores_the_schema_before_its_upgrade(database_url: str) -> None:
+    """Up one revision at a time from empty, then down one at a time: every step undoes exactly
+    what its upgrade did, and the schema can be brought to head again afterwards."""
+    revisions = _revisions_from_base(database_url)
+    assert revisions, "no migrations found"
+    engine = create_engine(database_url)
+    snapshots: list[dict[str, object]] = []
+    for revision in ["base", *revisions]:
+        if revision != "base":
+            await upgrade_database(database_url, revision)
+        async with engine.connect() as connection:
+            snapshots.append(await connection.run_sync(_schema))
+    assert snapshots[0] == {} and snapshots[-1] != {}
+    for revision, before in zip(reversed(revisions), reversed(snapshots[:-1]), strict=True):
+        await asyncio.to_thread(downgrade_database, database_url, "-1")
+        async with engine.connect() as connection:
+            assert await connection.run_sync(_schema) == before, f"downgrade of {revision}"
+    await upgrade_database(database_url)
+    async with engine.connect() as connection:
+        assert await connection.run_sync(_differences) == []
+        assert await connection.run_sync(_schema) == snapshots[-1]
     await engine.dispose()
-    settings = settings.model_copy(update={"database_url": postgres_url})
+
+
+async def test_voice_recovery_on_postgresql(
+    new_postgres_database: Callable[[], str], settings: Settings, redis: Redis
+) -> None:
+    """Even the SQLite run of the suite sees one whole recovery on PostgreSQL."""
+    settings = settings.model_copy(update={"database_url": new_postgres_database()})
     await seed_accounts(settings)
     messenger = RecordingMessenger()
     app = create_app(settings, messenger=messenger)

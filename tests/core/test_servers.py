@@ -7,7 +7,10 @@ from urllib.parse import urlsplit
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from core.config import Settings
 
 
 async def test_redis_url_is_a_real_redis_server(redis_url: str) -> None:
@@ -38,3 +41,22 @@ async def test_postgres_url_connects(postgres_url: str) -> None:
 
     assert one == 1
     assert str(version).split(".")[0].isdigit()
+
+
+async def test_the_settings_database_is_the_kind_the_run_asked_for(
+    settings: Settings, database_kind: str
+) -> None:
+    """`--database=postgresql` really moves the suite to PostgreSQL (and the default is SQLite)."""
+    assert make_url(settings.database_url).get_backend_name() == database_kind
+    engine = create_async_engine(settings.database_url)
+    try:
+        async with engine.connect() as connection:
+            if database_kind == "postgresql":
+                # A database of its own, already migrated (a copy of the session's template).
+                name = await connection.scalar(text("SELECT current_database()"))
+                assert str(name).startswith("gateway_test_")
+                assert await connection.scalar(text("SELECT count(*) FROM alembic_version")) == 1
+            else:
+                assert await connection.scalar(text("SELECT sqlite_version()"))
+    finally:
+        await engine.dispose()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,12 @@ def fast_hashing() -> None:
 
 
 @pytest.fixture
-def database_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def database_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_database: Callable[[], str]
+) -> str:
     # No stray .env from the working directory.
     monkeypatch.chdir(tmp_path)
-    return f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    return new_database()
 
 
 def run(database_url: str, *args: str, prompt_input: str | None = None) -> Result:

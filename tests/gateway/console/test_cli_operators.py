@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,11 @@ def fast_hashing() -> None:
 
 
 @pytest.fixture
-def database_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def database_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_database: Callable[[], str]
+) -> str:
     monkeypatch.chdir(tmp_path)  # no stray .env
-    return f"sqlite+aiosqlite:///{tmp_path / 'operators.db'}"
+    return new_database()
 
 
 def run(database_url: str, *args: str, stdin: str | None = None) -> Result:
