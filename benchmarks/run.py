@@ -46,6 +46,7 @@ from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker, transaction
 from core.delivery import list_outbox, readable_body
 from core.migrate import upgrade_database
+from tests.servers import postgres_server
 from tests.servers import redis_server as start_redis_server
 from tests.twilio_driver import sign
 
@@ -73,6 +74,7 @@ class Options:
     calls: int
     concurrency: int
     workers: int
+    database: str
     out: Path
     plot: Path
     real_seconds: float
@@ -90,6 +92,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--workers", type=int, help="uvicorn worker processes")
     parser.add_argument("--seconds", type=float, help="wall-time cap of the real phase")
     parser.add_argument("--think-ms", type=float, default=0.0, help="caller pause between keys")
+    parser.add_argument(
+        "--database",
+        choices=["postgresql", "sqlite"],
+        default="postgresql",
+        help="a throw-away PostgreSQL cluster (production settings), or a SQLite file",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / ".tmp" / "bench.json")
     parser.add_argument("--plot", type=Path, default=REPO_ROOT / ".tmp" / "bench.png")
     args = parser.parse_args(argv)
@@ -100,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         calls=args.calls or (150 if quick else 5000),
         concurrency=concurrency,
         workers=args.workers or (1 if quick else 2),
+        database=args.database,
         out=args.out,
         plot=args.plot,
         real_seconds=args.seconds or (18.0 if quick else 100.0),
@@ -534,10 +543,9 @@ def start_gateway(
     return server, server_log
 
 
-async def bench(options: Options, workdir: Path, redis_url: str) -> dict[str, Any]:
-    database_url = os.environ.get(
-        "GATEWAY_BENCH_DATABASE_URL", f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
-    )
+async def bench(
+    options: Options, workdir: Path, redis_url: str, database_url: str
+) -> dict[str, Any]:
     secret_key = secrets.token_urlsafe(32)
     settings = Settings(
         _env_file=None,
@@ -700,12 +708,25 @@ def print_report(result: dict[str, Any]) -> None:
     print(" ".join(f"{key}={value}" for key, value in result["summary"].items()))
 
 
+@contextlib.contextmanager
+def database(options: Options, workdir: Path) -> Iterator[str]:
+    """GATEWAY_BENCH_DATABASE_URL, or a throw-away database of the chosen kind."""
+    given = os.environ.get("GATEWAY_BENCH_DATABASE_URL")
+    if given:
+        yield given
+    elif options.database == "sqlite":
+        yield f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+    else:
+        with postgres_server(durable=True) as url:
+            yield url
+
+
 def main(argv: list[str] | None = None) -> None:
     options = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="eirc-bench-") as tmp:
         workdir = Path(tmp)
-        with redis_server(workdir) as redis_url:
-            result = asyncio.run(bench(options, workdir, redis_url))
+        with redis_server(workdir) as redis_url, database(options, workdir) as database_url:
+            result = asyncio.run(bench(options, workdir, redis_url, database_url))
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     plot(result, options.plot)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 RECOVERY_EVENTS = Counter(
     "gateway_recovery_events",
@@ -41,4 +41,13 @@ OUTBOUND_FAILURES = Counter(
     "gateway_outbound_failures",
     "Outbound messages that will not be sent (again), by channel, purpose and reason.",
     ["channel", "purpose", "reason"],
+)
+
+# --- Webhook latency (core/webhooks.py) ---
+# Twilio gives up after 15 s; callers hear dead air long before. Labelled by route, never by URL.
+WEBHOOK_SECONDS = Histogram(
+    "gateway_webhook_seconds",
+    "Time to answer a Twilio webhook, by route (failures answered by the fallback included).",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import structlog
@@ -9,6 +10,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
 
+from core.metrics import WEBHOOK_SECONDS
 from core.twilio_security import TwilioForm
 
 log = structlog.get_logger(__name__)
@@ -26,6 +28,7 @@ def fallback_route(fallback: Fallback) -> type[APIRoute]:
 
     class GuardedRoute(APIRoute):
         async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+            started = time.perf_counter()
             try:
                 await super().handle(scope, receive, send)
             except Exception as exc:
@@ -34,5 +37,7 @@ def fallback_route(fallback: Fallback) -> type[APIRoute]:
                 form = getattr(request.state, "twilio_form", None)
                 response = fallback(request, form if isinstance(form, TwilioForm) else None)
                 await response(scope, receive, send)
+            finally:
+                WEBHOOK_SECONDS.labels(route=self.path).observe(time.perf_counter() - started)
 
     return GuardedRoute

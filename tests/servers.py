@@ -280,6 +280,21 @@ def postgres_url() -> Iterator[str]:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
 
+    with postgres_server() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_server(*, durable: bool = False) -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on a free loopback port (also used by the benchmark).
+
+    `durable` keeps PostgreSQL's own fsync and commit settings, as production runs them; the
+    tests turn them off (the cluster is deleted at the end anyway).
+    """
+    bin_dir = _postgres_bin_dir()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL server binaries were not found (/usr/lib/postgresql)")
+
     # initdb and postgres refuse to run as root, so as root they run as the postgres user; the
     # directory is made directly in /tmp because pytest's own tmp dirs are private to root.
     as_user = "postgres" if os.geteuid() == 0 else None
@@ -320,7 +335,15 @@ def postgres_url() -> Iterator[str]:
             initdb.fail(f"exited with code {code}")
 
         port = free_port()
-        # Durability settings off: the cluster is deleted at the end of the session anyway.
+        relaxed = (
+            []
+            if durable
+            else [
+                *("-c", "fsync=off"),
+                *("-c", "synchronous_commit=off"),
+                *("-c", "full_page_writes=off"),
+            ]
+        )
         server = ServerProcess(
             "postgres",
             [
@@ -333,12 +356,8 @@ def postgres_url() -> Iterator[str]:
                 str(sockets),
                 "-c",
                 "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
+                *("-c", "max_connections=200"),
+                *relaxed,
             ],
             log,
             cwd=workdir,

@@ -237,6 +237,9 @@ async def test_metrics_count_steps_without_numbers(gateway: Gateway) -> None:
     )
     assert completed and int(float(completed.group(1))) >= 1
     assert 'gateway_outbound_messages_total{channel="sms",purpose="code",result="sent"}' in text
+    # Webhook latency by route template: the step number in the URL is not a label.
+    assert re.search(r'gateway_webhook_seconds_count\{route="/ivr/step"\} [1-9]', text)
+    assert 'route="/ivr/voice"' in text and "s=" not in text
     # No phone or account number (or code) in any sample.
     for line in text.splitlines():
         if not line.startswith("#"):
