@@ -119,6 +119,12 @@ class _Pending:
     rows: list[AuditEvent] = field(default_factory=list)
 
 
+def has_pending_events(session: AsyncSession) -> bool:
+    """Whether events recorded in this session wait for its commit."""
+    pending: _Pending | None = session.sync_session.info.get(_PENDING)
+    return bool(pending and pending.rows)
+
+
 @event.listens_for(Session, "before_commit")
 def _chain_pending(session: Session) -> None:
     """Chain and add the transaction's events, just before it commits (the flush follows)."""

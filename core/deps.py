@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated
 
 import structlog
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.audit import has_pending_events
+from core.hours import utc_now
 from core.services import Services
 from core.twilio_security import TwilioForm
 
 log = structlog.get_logger(__name__)
 
 
-def get_services(request: Request) -> Services:
+# Dependencies are `async def` even when they do not await: FastAPI runs a plain `def` on a
+# worker thread, and a thread hop per dependency is most of a menu step's cost under load.
+
+
+async def get_services(request: Request) -> Services:
     """The process-wide services built in the app's lifespan."""
     services: Services = request.app.state.services
     return services
@@ -25,10 +32,25 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+async def request_time() -> datetime:
+    """Now, for the working hours; tests override it (`app.dependency_overrides`)."""
+    return utc_now()
+
+
+Now = Annotated[datetime, Depends(request_time)]
+
+
 async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: commit on success, roll back on error."""
-    async with services.sessionmaker() as session, session.begin():
+    """One transaction per request: commit on success, roll back on error.
+
+    The transaction begins at the first use: most menu steps never touch the database, and
+    they skip beginning and committing one. An error skips the commit, and closing the session
+    rolls back.
+    """
+    async with services.sessionmaker() as session:
         yield session
+        if session.in_transaction() or has_pending_events(session):
+            await session.commit()
 
 
 async def dispatch_after_response(services: ServicesDep) -> AsyncIterator[None]:

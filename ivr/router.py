@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from redis.exceptions import RedisError
 
 from core.delivery import record_status
-from core.deps import DbSession, SendAfterResponse, ServicesDep, TwilioRequest
+from core.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequest, request_time
 from core.escalations import Escalations, Outcome
 from core.hours import Schedule, utc_now
 from core.metrics import TRANSFER_OUTCOMES
@@ -30,8 +30,6 @@ log = structlog.get_logger(__name__)
 
 XML = "application/xml"
 
-# The clock, as a dependency: tests set "now" with app.dependency_overrides[utc_now].
-Now = Annotated[datetime, Depends(utc_now)]
 
 # Dial results that mean the operator took the call, and queue results likewise.
 ANSWERED_DIAL = frozenset({"completed", "answered"})
@@ -45,7 +43,7 @@ def _guard(request: Request, form: TwilioForm | None) -> Response:
     Needs neither the database nor Redis: only the configuration and the clock.
     """
     services: Services = request.app.state.services
-    clock = request.app.dependency_overrides.get(utc_now, utc_now)
+    clock = request.app.dependency_overrides.get(request_time, utc_now)
     return _apology(services, form.get("CallSid") if form else "", clock())
 
 
@@ -80,7 +78,7 @@ def _store(services: Services) -> CallStore:
     return CallStore(services.redis, services.settings.call_state_ttl_seconds)
 
 
-def _flow(services: ServicesDep, db: DbSession, now: Now) -> VoiceFlow:
+async def _flow(services: ServicesDep, db: DbSession, now: Now) -> VoiceFlow:
     return VoiceFlow(
         settings=services.settings,
         recovery=services.recovery(db),

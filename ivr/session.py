@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
 from redis.asyncio import Redis
@@ -54,9 +54,10 @@ class CallSession:
     def to_json(self) -> str:
         """Compact JSON for Redis: short names, defaults left out, the CallSid is the key's."""
         data = {
-            _SHORT[name]: value
-            for name, value in asdict(self).items()
-            if name != "call_sid" and value not in (None, [], "", 0, False)
+            _SHORT[item.name]: value
+            for item in fields(self)
+            if item.name != "call_sid"
+            and (value := getattr(self, item.name)) not in (None, [], "", 0, False)
         }
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 import structlog
@@ -10,9 +9,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from twilio.twiml.messaging_response import MessagingResponse
 
 from core.delivery import FAILED_STATUSES, record_status
-from core.deps import DbSession, SendAfterResponse, ServicesDep, TwilioRequest
+from core.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequest
 from core.escalations import Escalations
-from core.hours import Schedule, utc_now
+from core.hours import Schedule
 from core.optout import OptOuts
 from core.phones import InvalidPhoneNumber, mask_phone, parse_phone
 from core.twilio_security import TwilioForm
@@ -48,19 +47,17 @@ router = APIRouter(
 )
 
 
-def _threads(services: ServicesDep) -> SmsThreads:
+async def _threads(services: ServicesDep) -> SmsThreads:
     return SmsThreads(services.redis, services.settings.code_ttl_seconds + 600)
 
 
-def _dialog(
-    services: ServicesDep, db: DbSession, now: Annotated[datetime, Depends(utc_now)]
-) -> SmsDialog:
+async def _dialog(services: ServicesDep, db: DbSession, now: Now) -> SmsDialog:
     return SmsDialog(
         settings=services.settings,
         recovery=services.recovery(db),
         opt_outs=OptOuts(db),
         escalations=Escalations(db, services.keyring),
-        threads=_threads(services),
+        threads=await _threads(services),
         clock=lambda: now,
     )
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from core.config import Settings
 from core.db import create_engine, create_sessionmaker
-from core.hours import utc_now
+from core.deps import request_time
 from core.models import Escalation
 from tests.conftest import Gateway
 
@@ -77,4 +77,4 @@ async def stored_cases(settings: Settings) -> list[Case]:
 
 def set_clock(gateway: Gateway, now: datetime) -> None:
     """Make the gateway's webhooks see `now` (the FastAPI dependency the routers read)."""
-    gateway.app.dependency_overrides[utc_now] = lambda: now
+    gateway.app.dependency_overrides[request_time] = lambda: now
