@@ -727,10 +727,15 @@ def main(argv: list[str] | None = None) -> None:
         workdir = Path(tmp)
         with redis_server(workdir) as redis_url, database(options, workdir) as database_url:
             result = asyncio.run(bench(options, workdir, redis_url, database_url))
-    options.out.parent.mkdir(parents=True, exist_ok=True)
+        options.out.parent.mkdir(parents=True, exist_ok=True)
+        # The gateway's own log (warnings and errors only) says why a step failed.
+        shutil.copyfile(workdir / "gateway.log", options.out.with_suffix(".gateway.log"))
     options.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     plot(result, options.plot)
-    print(f"results: {options.out}, figure: {options.plot}")
+    print(
+        f"results: {options.out}, figure: {options.plot}, "
+        f"gateway log: {options.out.with_suffix('.gateway.log')}"
+    )
     print_report(result)
 
 

@@ -111,6 +111,10 @@ class RetryPolicy:
         return wait
 
 
+# Drains one process runs at once (see `Dispatcher.drain`).
+MAX_DRAINS = 4
+
+
 class Dispatcher:
     """Sends what requests queued; any number of processes may run one (claims are atomic)."""
 
@@ -138,6 +142,12 @@ class Dispatcher:
         self._idle.set()
         # Set when a retry was scheduled: the sweeper recomputes when to wake.
         self._rescheduled = asyncio.Event()
+        # A few drains at a time per process (one slow Twilio request must not hold up every
+        # other message); a request that finds them all busy asks them for one more round
+        # instead of starting its own: dozens of drains would only fight over the same rows
+        # and the connection pool.
+        self._drains = 0
+        self._drain_again = False
 
     def __repr__(self) -> str:
         return "Dispatcher(...)"
@@ -160,8 +170,28 @@ class Dispatcher:
     async def drain(self) -> int:
         """Send every due SMS and call once; returns how many this call handled.
 
-        A row that fails and is queued again is not tried twice in one drain, however short
-        its jittered wait: the next drain (the sweeper) picks it up when it is due.
+        When this process already runs `MAX_DRAINS` drains, one of them goes round once more
+        (and picks up what the caller queued) and this call returns 0 at once.
+        """
+        if self._drains >= MAX_DRAINS:
+            self._drain_again = True
+            return 0
+        self._drains += 1
+        try:
+            handled = 0
+            while True:
+                self._drain_again = False
+                handled += await self._drain_once()
+                if not self._drain_again or self._stopping:
+                    return handled
+        finally:
+            self._drains -= 1
+
+    async def _drain_once(self) -> int:
+        """One pass over the due rows.
+
+        A row that fails and is queued again is not tried twice in one pass, however short its
+        jittered wait: the next drain (the sweeper) picks it up when it is due.
         """
         await self.release_stale_claims()
         handled = 0

@@ -29,7 +29,7 @@ from core.delivery import (
     current_outbox_key,
     record_status,
 )
-from core.dispatch import Dispatcher, RetryPolicy
+from core.dispatch import MAX_DRAINS, Dispatcher, RetryPolicy
 from core.migrate import upgrade_database
 from core.models import OutboxMessage
 from tests.conftest import MOBILE, SECOND_MOBILE
@@ -513,3 +513,24 @@ async def test_a_scheduled_retry_wakes_the_sweeper(env: Env) -> None:
     await env.queue("notice")
     await dispatcher.drain()
     await asyncio.wait_for(napping, 30)  # woken long before the hour is up
+
+
+async def test_busy_drains_take_on_what_a_later_request_queued(env: Env) -> None:
+    """With every drain slot busy, a request's drain returns at once and a running one sends."""
+    gate = asyncio.Event()
+    messenger = ScriptedMessenger(gate=gate)
+    dispatcher = env.dispatcher(messenger)
+    first = [await env.queue(to=f"+7912000000{n}") for n in range(MAX_DRAINS)]
+    running = [asyncio.create_task(dispatcher.drain()) for _ in first]
+
+    async def all_slots_held() -> None:
+        while len(messenger.sent) < MAX_DRAINS:  # noqa: ASYNC110 - counting, not one event
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(all_slots_held(), timeout=10)
+    late = await env.queue(to=SECOND_MOBILE)
+    assert await dispatcher.drain() == 0  # no fifth drain fighting over the same rows
+    gate.set()
+    assert sum(await asyncio.gather(*running)) == MAX_DRAINS + 1
+    assert {(await env.row(row_id)).status for row_id in [*first, late]} == {"sent"}
+    assert sorted(to for _, to, _ in messenger.sent).count(SECOND_MOBILE) == 1
