@@ -737,6 +737,9 @@ def main(argv: list[str] | None = None) -> None:
         f"gateway log: {options.out.with_suffix('.gateway.log')}"
     )
     print_report(result)
+    # Slow figures are measurements, never a failure; a run that completed nothing is broken.
+    if not result["real"]["recoveries"] or not result["menu"]["webhooks"]:
+        sys.exit("the benchmark completed no recovery or no menu step: see the gateway log")
 
 
 if __name__ == "__main__":
