@@ -111,8 +111,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         database=args.database,
         out=args.out,
         plot=args.plot,
-        real_seconds=args.seconds or (18.0 if quick else 100.0),
-        floor_seconds=4.0 if quick else 20.0,
+        real_seconds=args.seconds or (12.0 if quick else 100.0),
+        floor_seconds=3.0 if quick else 20.0,
         memory_calls=min(1000, max(200, concurrency)),
         think_ms=args.think_ms,
     )
