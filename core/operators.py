@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
-import time
 from dataclasses import dataclass
-from enum import StrEnum
 
 from redis.asyncio import Redis
 from sqlalchemy import select
@@ -18,11 +15,11 @@ from core.crypto import Keyring
 from core.db import utcnow
 from core.models import Operator, OperatorRole
 from core.passwords import hash_password, verify_hash, verify_nothing
+from core.ratelimit import Check, Limit, RateLimiter
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 MIN_OPERATOR_PASSWORD = 10
 MAX_OPERATOR_PASSWORD = 128
-SIGNIN_WINDOW_SECONDS = 15 * 60
 
 
 class OperatorError(ValueError):
@@ -136,75 +133,30 @@ class OperatorRepository:
         return (await self._session.scalars(stmt)).one_or_none()
 
 
-class SignInSubject(StrEnum):
-    username = "user"
-    address = "ip"
-
-
-# The sliding log of core/ratelimit.py, for any number of keys at once: drop events older than
-# the window, refuse when any key is full (recording nothing), else record the event in every
-# key. KEYS: the windows; ARGV: now ms, member, window ms, then one limit per key. 1 = allowed.
-_SLIDING_WINDOWS = """
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[3])
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  if redis.call('ZCARD', key) >= tonumber(ARGV[3 + i]) then
-    return 0
-  end
-end
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now, ARGV[2])
-  redis.call('PEXPIRE', key, window)
-end
-return 1
-"""
-
-
 class SignInThrottle:
-    """Caps console sign-in attempts per username and per client address.
+    """Caps console sign-in attempts per username and per client address (core/ratelimit.py).
 
-    core/ratelimit.py's limits are the §6.4 recovery limits with their own metric vocabulary;
-    sign-in is a different subject, so it gets its own keys, but the same sliding log in one
-    Lua script. Keys hold keyed references, never the username or address.
+    Keys hold keyed references, never the username or address.
     """
 
     def __init__(self, redis: Redis, settings: Settings, keyring: Keyring) -> None:
+        self._limiter = RateLimiter(redis, settings, keyring)
         self._redis = redis
-        self._keyring = keyring
-        self._limits = {
-            SignInSubject.username: settings.console_signin_per_user,
-            SignInSubject.address: settings.console_signin_per_ip,
-        }
-        self._script = redis.register_script(_SLIDING_WINDOWS)
 
-    def _key(self, subject: SignInSubject, value: str) -> str:
-        # One hash tag, so the two-key script also runs on Redis Cluster.
-        return f"console:{{signin}}:{subject}:{self._keyring.reference(value)}"
+    @staticmethod
+    def _user(username: str) -> Check:
+        return Check(Limit.signin_user, normalise_username(username)[:64])
 
     async def attempt(self, username: str, address: str) -> bool:
         """Count one sign-in attempt; False when either window is full (nothing is counted)."""
-        now_ms = int(time.time() * 1000)
-        subjects = (
-            (SignInSubject.address, address),
-            (SignInSubject.username, normalise_username(username)[:64]),
+        decision = await self._limiter.acquire(
+            Check(Limit.signin_address, address), self._user(username)
         )
-        allowed = await self._script(
-            keys=[self._key(subject, value) for subject, value in subjects],
-            args=[
-                now_ms,
-                f"{now_ms}-{secrets.token_hex(8)}",
-                SIGNIN_WINDOW_SECONDS * 1000,
-                *(self._limits[subject] for subject, _ in subjects),
-            ],
-        )
-        return bool(int(allowed))
+        return decision.allowed
 
     async def forget(self, username: str) -> None:
         """A successful sign-in clears the username's failures (not the address's)."""
-        await self._redis.delete(
-            self._key(SignInSubject.username, normalise_username(username)[:64])
-        )
+        await self._redis.delete(self._limiter.key(self._user(username)))
 
 
 __all__ = [

@@ -1,10 +1,10 @@
 """Rate limits in Redis (§6.4): sliding windows, checked and counted by one Lua script.
 
-Each limited subject (a caller number, an account number, a destination phone, or the whole
-gateway) has a sorted set of event times. One script drops the events older than the window,
-compares the count with the limit and records the new event, for every key of a request at
-once: 20 concurrent requests against a limit of 5 let exactly 5 through, and a request that trips
-one of its limits is recorded in none of them.
+Each limited subject (a caller number, an account number, a destination phone, the whole
+gateway, or an operator console sign-in name or address) has a sorted set of event times. One
+script drops the events older than the window, compares the count with the limit and records the
+new event, for every key of a request at once: 20 concurrent requests against a limit of 5 let
+exactly 5 through, and a request that trips one of its limits is recorded in none of them.
 
 Why a sliding log rather than fixed windows: a fixed hour lets twice the budget through around
 its boundary (5 codes at 10:59, 5 more at 11:00), and for the toll-fraud breaker that double
@@ -36,6 +36,7 @@ from core.phones import mask_account, mask_phone
 log = structlog.get_logger(__name__)
 
 HOUR_SECONDS = 3600
+SIGNIN_WINDOW_SECONDS = 15 * 60
 DAY_SECONDS = 24 * HOUR_SECONDS
 KEY_PREFIX = "rate:{rl}:"
 
@@ -48,6 +49,9 @@ class Limit(StrEnum):
     account_sends_day = "account_sends_day"
     destination_sends = "destination_sends"
     global_outbound = "global_outbound"
+    # Operator console sign-in attempts, per username and per client address.
+    signin_user = "signin_user"
+    signin_address = "signin_address"
 
 
 # The log each limit counts in: short names, and an account's hour and day in one log.
@@ -57,6 +61,8 @@ LOG_NAMES: Mapping[Limit, str] = {
     Limit.account_sends_day: "a",
     Limit.destination_sends: "d",
     Limit.global_outbound: "g",
+    Limit.signin_user: "su",
+    Limit.signin_address: "sa",
 }
 
 
@@ -114,6 +120,8 @@ def rules(settings: Settings) -> Mapping[Limit, Rule]:
         Limit.account_sends_day: Rule(settings.rate_limit_account_sends_per_day, DAY_SECONDS),
         Limit.destination_sends: Rule(settings.rate_limit_destination_sends_per_hour, HOUR_SECONDS),
         Limit.global_outbound: Rule(settings.rate_limit_global_outbound_per_hour, HOUR_SECONDS),
+        Limit.signin_user: Rule(settings.console_signin_per_user, SIGNIN_WINDOW_SECONDS),
+        Limit.signin_address: Rule(settings.console_signin_per_ip, SIGNIN_WINDOW_SECONDS),
     }
 
 
@@ -223,6 +231,8 @@ class RateLimiter:
 def _masked(check: Check) -> str:
     if check.limit in (Limit.account_sends_hour, Limit.account_sends_day):
         return mask_account(check.subject)
+    if check.limit in (Limit.signin_user, Limit.signin_address):
+        return "***"  # a username or an address: the keyed reference is enough
     return mask_phone(check.subject)
 
 
