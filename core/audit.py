@@ -12,6 +12,7 @@ import hmac
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -68,6 +69,36 @@ def canonical_form(
 def seal(keyring: Keyring, canonical: str) -> str:
     """The keyed hash of a row's canonical form."""
     return keyring.keyed_hash("audit", canonical)
+
+
+class RowFields(Protocol):
+    """What a row's hash covers besides its link: an `AuditEvent`, or a selected row of one."""
+
+    created_at: datetime
+    event: str
+    channel: str
+    session_ref: str
+    account_ref: str | None
+    account_masked: str | None
+    detail: str
+
+
+def seal_row(keyring: Keyring, row: RowFields, seq: int, prev_hash: str) -> str:
+    """The keyed hash of one row as the link `seq` after `prev_hash`."""
+    return seal(
+        keyring,
+        canonical_form(
+            seq,
+            row.created_at,
+            row.event,
+            row.channel,
+            row.session_ref,
+            row.account_ref,
+            row.account_masked,
+            row.detail,
+            prev_hash,
+        ),
+    )
 
 
 class AuditLog:
@@ -146,20 +177,7 @@ def _chain_pending(session: Session) -> None:
         seq += 1
         row.seq = seq
         row.prev_hash = prev_hash
-        row.hash = prev_hash = seal(
-            pending.keyring,
-            canonical_form(
-                row.seq,
-                row.created_at,
-                row.event,
-                row.channel,
-                row.session_ref,
-                row.account_ref,
-                row.account_masked,
-                row.detail,
-                row.prev_hash,
-            ),
-        )
+        row.hash = prev_hash = seal_row(pending.keyring, row, seq, row.prev_hash)
     session.add_all(pending.rows)
 
 
@@ -245,20 +263,7 @@ async def verify_chain(session: AsyncSession, keyring: Keyring) -> ChainReport:
                 continue
             if seq is None or prev_hash is None or row_hash is None:
                 return _broken(events, unsealed, event_id, "its chain fields were cleared")
-            expected = seal(
-                keyring,
-                canonical_form(
-                    seq,
-                    row.created_at,
-                    row.event,
-                    row.channel,
-                    row.session_ref,
-                    row.account_ref,
-                    row.account_masked,
-                    row.detail,
-                    prev_hash,
-                ),
-            )
+            expected = seal_row(keyring, row, seq, prev_hash)
             if not hmac.compare_digest(expected, row_hash):
                 return _broken(
                     events,

@@ -19,20 +19,42 @@ from core.delivery import AmbiguousDeliveryError, DeliveryFailed, TransientDeliv
 
 # twilio ships no type information, so mypy sees its classes as Any.
 class GatewayHttpClient(TwilioHttpClient):  # type: ignore[misc]
-    """Twilio's own HTTP client, remembering the Retry-After of the last response per thread.
+    """Twilio's own HTTP client, noting each response's Retry-After, optionally at another host.
 
     twilio's exceptions carry the status and error code but not the headers; the messenger runs
-    each request in a worker thread and reads this right after, in that same thread.
+    each request in a worker thread and reads the Retry-After right after, in that same thread.
+
+    With `base_url` (GATEWAY_TWILIO_API_URL) the scheme and host of every request are replaced.
+    twilio 9.x has no setting for the API host (only Twilio's edges and regions), but it accepts
+    any `HttpClient`; replacing the host at this one point covers every domain and resource, so
+    the requests the mock checks are exactly those that would go to api.twilio.com.
     """
 
-    def __init__(self, *, timeout: float | None = None) -> None:
+    def __init__(self, base_url: str | None = None, *, timeout: float | None = None) -> None:
         super().__init__(timeout=timeout)
         self._local = threading.local()
+        self._base: tuple[str, str, str] | None = None
+        if base_url is not None:
+            parts = urlsplit(base_url)
+            # The URL itself stays out of the messages: it may carry credentials.
+            if parts.scheme not in {"http", "https"} or not parts.netloc:
+                raise ValueError("Twilio API base URL must look like http(s)://host[:port][/path]")
+            if parts.query or parts.fragment:
+                raise ValueError("Twilio API base URL must not have a query or fragment")
+            self._base = (parts.scheme, parts.netloc, parts.path.rstrip("/"))
 
     def last_retry_after(self) -> float | None:
         """Seconds the last response in this thread asked us to wait (None: it did not say)."""
         value: float | None = getattr(self._local, "retry_after", None)
         return value
+
+    def rewrite(self, url: str) -> str:
+        """Where a request for `url` goes: the base URL's scheme and host, if one is set."""
+        if self._base is None:
+            return url
+        scheme, netloc, path = self._base
+        parts = urlsplit(url)
+        return urlunsplit((scheme, netloc, path + parts.path, parts.query, ""))
 
     def request(
         self,
@@ -45,11 +67,11 @@ class GatewayHttpClient(TwilioHttpClient):  # type: ignore[misc]
         timeout: float | None = None,
         allow_redirects: bool = False,
     ) -> Response:
-        """Send the request; note its Retry-After."""
+        """Send the request (to the base URL, if set); note its Retry-After."""
         self._local.retry_after = None
         response = super().request(
             method,
-            url,
+            self.rewrite(url),
             params=params,
             data=data,
             headers=headers,
@@ -126,64 +148,10 @@ def classify_failure(what: str, exc: Exception, http_client: object) -> Delivery
     )
 
 
-class BaseUrlHttpClient(GatewayHttpClient):
-    """Twilio's own HTTP client, with the scheme and host of every request replaced.
-
-    twilio 9.x has no setting for the API host (only Twilio's edges and regions), but it accepts any
-    `HttpClient`; replacing the host at this one point covers every domain and resource, so the
-    requests the mock checks are exactly those that would go to api.twilio.com.
-    """
-
-    def __init__(self, base_url: str, *, timeout: float | None = None) -> None:
-        super().__init__(timeout=timeout)
-        parts = urlsplit(base_url)
-        # The URL itself stays out of the messages: it may carry credentials.
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ValueError("Twilio API base URL must look like http(s)://host[:port][/path]")
-        if parts.query or parts.fragment:
-            raise ValueError("Twilio API base URL must not have a query or fragment")
-        self.base_scheme = parts.scheme
-        self.base_netloc = parts.netloc
-        self.base_path = parts.path.rstrip("/")
-
-    def rewrite(self, url: str) -> str:
-        """The URL `url` becomes when its scheme and host are replaced by the base URL's."""
-        parts = urlsplit(url)
-        return urlunsplit(
-            (self.base_scheme, self.base_netloc, self.base_path + parts.path, parts.query, "")
-        )
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        params: dict[str, object] | None = None,
-        data: dict[str, object] | None = None,
-        headers: dict[str, str] | None = None,
-        auth: tuple[str, str] | None = None,
-        timeout: float | None = None,
-        allow_redirects: bool = False,
-    ) -> Response:
-        """Send the request to the base URL instead of Twilio's host."""
-        return super().request(
-            method,
-            self.rewrite(url),
-            params=params,
-            data=data,
-            headers=headers,
-            auth=auth,
-            timeout=timeout,
-            allow_redirects=allow_redirects,
-        )
-
-
 def build_twilio_client(settings: Settings) -> Client:
     """The Twilio REST client for these settings (GATEWAY_TWILIO_API_URL, timeout, credentials)."""
-    timeout = settings.twilio_timeout_seconds
-    http_client: TwilioHttpClient = (
-        BaseUrlHttpClient(settings.twilio_api_url, timeout=timeout)
-        if settings.twilio_api_url
-        else GatewayHttpClient(timeout=timeout)
+    http_client = GatewayHttpClient(
+        settings.twilio_api_url or None, timeout=settings.twilio_timeout_seconds
     )
     return Client(
         settings.twilio_account_sid,

@@ -13,7 +13,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from core.config import Settings
-from core.twilio_rest import BaseUrlHttpClient, GatewayHttpClient, build_twilio_client
+from core.twilio_rest import GatewayHttpClient, build_twilio_client
 
 ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"
 AUTH_TOKEN = "mock-only-auth-token-0123456789"
@@ -129,6 +129,8 @@ def test_without_api_url_twilios_own_http_client_is_used() -> None:
     # Twilio's own client (only noting Retry-After), sending to Twilio's own hosts.
     assert type(client.http_client) is GatewayHttpClient
     assert isinstance(client.http_client, TwilioHttpClient)
+    url = "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json"
+    assert client.http_client.rewrite(url) == url
     assert client.http_client.timeout == 3.5
     assert client.account_sid == settings.twilio_account_sid
 
@@ -138,12 +140,13 @@ def test_with_api_url_the_timeout_is_kept() -> None:
 
     client = build_twilio_client(settings)
 
-    assert isinstance(client.http_client, BaseUrlHttpClient)
+    assert isinstance(client.http_client, GatewayHttpClient)
+    assert client.http_client.rewrite("https://api.twilio.com/x") == "http://127.0.0.1:4010/x"
     assert client.http_client.timeout == 3.5
 
 
 def test_rewrite_replaces_scheme_and_host_and_keeps_the_rest() -> None:
-    http_client = BaseUrlHttpClient("http://127.0.0.1:4010/twilio/")
+    http_client = GatewayHttpClient("http://127.0.0.1:4010/twilio/")
 
     rewritten = http_client.rewrite(
         "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json?PageSize=5"
@@ -157,4 +160,4 @@ def test_rewrite_replaces_scheme_and_host_and_keeps_the_rest() -> None:
 @pytest.mark.parametrize("base_url", ["127.0.0.1:4010", "ftp://mock.example", "http://h/?x=1"])
 def test_unusable_base_url_is_refused(base_url: str) -> None:
     with pytest.raises(ValueError, match="Twilio API base URL"):
-        BaseUrlHttpClient(base_url)
+        GatewayHttpClient(base_url)

@@ -21,6 +21,7 @@ from core.audit import (
     canonical_form,
     case_history,
     seal,
+    seal_row,
     verify_chain,
 )
 from core.config import Settings
@@ -205,20 +206,7 @@ async def test_a_row_resealed_with_a_wrong_key_is_named(chain: Chain) -> None:
         row = await session.get_one(AuditEvent, ids[1])
         assert row.seq is not None and row.prev_hash is not None
         row.detail = '{"attempt": 1, "outcome": "accepted"}'
-        row.hash = seal(
-            forger,
-            canonical_form(
-                row.seq,
-                row.created_at,
-                row.event,
-                row.channel,
-                row.session_ref,
-                row.account_ref,
-                row.account_masked,
-                row.detail,
-                row.prev_hash,
-            ),
-        )
+        row.hash = seal_row(forger, row, row.seq, row.prev_hash)
     report = await chain.verify()
     assert report.broken is not None and report.broken.event_id == ids[1]
     # Read with the forger's key, the untouched rows are the ones that fail.
@@ -231,20 +219,7 @@ async def test_resealing_one_row_with_the_key_still_breaks_the_next_link(chain: 
         row = await session.get_one(AuditEvent, ids[1])
         assert row.seq is not None and row.prev_hash is not None
         row.detail = '{"attempt": 1, "outcome": "accepted"}'
-        row.hash = seal(
-            chain.keyring,
-            canonical_form(
-                row.seq,
-                row.created_at,
-                row.event,
-                row.channel,
-                row.session_ref,
-                row.account_ref,
-                row.account_masked,
-                row.detail,
-                row.prev_hash,
-            ),
-        )
+        row.hash = seal_row(chain.keyring, row, row.seq, row.prev_hash)
     report = await chain.verify()
     assert report.broken is not None and report.broken.event_id == ids[2]
     assert "does not link to the event before it" in report.broken.problem
