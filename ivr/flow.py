@@ -272,15 +272,23 @@ class VoiceFlow:
         if attempt is None:
             return
         outcome = await self._recovery.send_sms_code(attempt)
-        if outcome is SendOutcome.limited:
-            await self._limit_reached(call)
-        elif outcome is SendOutcome.capped:
-            await self._to_operator(call, "verification_capped", notice="voice.verification_capped")
-        elif outcome is SendOutcome.cooldown:
+        if await self._held_back(call, outcome):
+            return
+        if outcome is SendOutcome.cooldown:
             self._go(call, State.code_entry, "voice.code_resend_wait")
         else:
             call.verification = Verification.code_sent
             self._go(call, State.code_entry, "voice.code_resent" if resend else "voice.code_sent")
+
+    async def _held_back(self, call: CallSession, outcome: SendOutcome) -> bool:
+        """A rate limit or the failure cap held the code back: the operator, not an error."""
+        if outcome is SendOutcome.limited:
+            await self._limit_reached(call)
+        elif outcome is SendOutcome.capped:
+            await self._to_operator(call, "verification_capped", notice="voice.verification_capped")
+        else:
+            return False
+        return True
 
     async def _call_me(self, call: CallSession) -> None:
         attempt = await self._attempt(call)
@@ -288,11 +296,9 @@ class VoiceFlow:
             return
         url = f"{self._base}/ivr/verify?{urlencode({'a': attempt.id})}"
         outcome = await self._recovery.request_voice_call(attempt, url)
-        if outcome is SendOutcome.limited:
-            await self._limit_reached(call)
-        elif outcome is SendOutcome.capped:
-            await self._to_operator(call, "verification_capped", notice="voice.verification_capped")
-        elif outcome is SendOutcome.cooldown:
+        if await self._held_back(call, outcome):
+            return
+        if outcome is SendOutcome.cooldown:
             self._go(call, call.state, "voice.code_resend_wait")
         else:
             call.verification = Verification.code_sent

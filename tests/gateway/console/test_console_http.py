@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from http.cookies import SimpleCookie
 
 import httpx
+import pytest
+import structlog
 
 from core.accounts import SqlAccountDirectory
 from core.config import Settings
@@ -14,6 +17,7 @@ from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker, transaction
 from core.escalations import Escalations
 from core.models import EscalationKind, EscalationStatus
+from gateway.logging import configure_logging
 from tests.conftest import MOBILE, MOBILE_ONLY, TWO_MOBILES_EMAIL, UNKNOWN, Gateway, queued_emails
 from tests.gateway.console.conftest import (
     OPERATOR,
@@ -466,3 +470,50 @@ async def test_unknown_case_is_a_clear_404(operator: ConsoleClient) -> None:
     assert "Обращение не найдено" in response.text
     for path in ("/console/cases/abc", "/console/cases/99999999999999999999", "/console/cases/0"):
         assert (await operator.http.get(path)).status_code == 422, path
+
+
+async def test_console_logs_carry_no_password(
+    console: ConsoleClient,
+    gateway: Gateway,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """§6.7 on the console: neither an operator's password nor the one sent is ever logged."""
+    saved = structlog.get_config()
+    # The gateway's own log set-up, bound now to the captured stderr, at its most verbose.
+    configure_logging(json=True, level="DEBUG")
+    caplog.set_level(logging.DEBUG)
+    try:
+        await _sign_in_and_send(console, gateway)
+    finally:
+        structlog.configure(**saved)
+    [sms] = [item for item in gateway.messenger.to(MOBILE) if item.purpose == "password"]
+    found = re.search(r"пароль (\w+)\.", sms.body)
+    assert found, sms.body
+
+    captured = capfd.readouterr()
+    output = "\n".join(
+        [captured.out, captured.err, caplog.text, *(repr(r.__dict__) for r in caplog.records)]
+    )
+    # The log was captured: the refused sign-in and the send are in it.
+    assert "console.signin_refused" in output and "desk.credential_sent" in output
+    for secret in (WRONG_PASSWORD, PASSWORD, found.group(1)):
+        assert secret not in output
+
+
+# Letters only: a run of digits would be masked by the log scrubber anyway.
+WRONG_PASSWORD = "Wrong-Pass-quiet-meadow"
+
+
+async def _sign_in_and_send(console: ConsoleClient, gateway: Gateway) -> None:
+    """A refused sign-in, a good one, and a temporary password sent from a case."""
+    assert (await console.sign_in(OPERATOR, WRONG_PASSWORD)).status_code == 401
+    assert (await console.sign_in(OPERATOR)).status_code == 303
+    case = await sms_callback_request(gateway, MOBILE_ONLY)
+    response = await console.post_form(
+        f"/console/cases/{case.id}",
+        f"/console/cases/{case.id}/temporary-password",
+        account_number=MOBILE_ONLY,
+        identity_confirmed="yes",
+    )
+    assert response.status_code == 303
