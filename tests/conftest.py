@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
+import structlog
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
@@ -125,3 +127,18 @@ async def queued_emails(settings: Settings, to: str) -> list[str]:
         ).all()
     await engine.dispose()
     return [readable_body(row, Keyring(settings)) for row in rows]
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For tests that set up the gateway's logging on a captured stderr: put the old one back.
+
+    Both halves: structlog's sink, and the root handler and level that stdlib logging (the
+    libraries) writes through; a handler left on a closed capture stream breaks later tests.
+    """
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers, root.level = handlers, level

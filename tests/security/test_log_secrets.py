@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-import structlog
 from redis.asyncio import Redis
 
 from core.accounts import AccountRecord
@@ -262,14 +261,6 @@ class Run:
         await gateway.twilio.post(
             f"/ivr/whisper?c={call.call_sid}&r=nonsense", {"CallSid": "CA" + "b" * 32}
         )
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """The app built in the test binds structlog to capfd's stderr: put the old sink back."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.mark.usefixtures("restore_logging")

@@ -9,7 +9,6 @@ from http.cookies import SimpleCookie
 
 import httpx
 import pytest
-import structlog
 
 from core.accounts import SqlAccountDirectory
 from core.config import Settings
@@ -472,6 +471,7 @@ async def test_unknown_case_is_a_clear_404(operator: ConsoleClient) -> None:
         assert (await operator.http.get(path)).status_code == 422, path
 
 
+@pytest.mark.usefixtures("restore_logging")
 async def test_console_logs_carry_no_password(
     console: ConsoleClient,
     gateway: Gateway,
@@ -479,14 +479,10 @@ async def test_console_logs_carry_no_password(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """§6.7 on the console: neither an operator's password nor the one sent is ever logged."""
-    saved = structlog.get_config()
     # The gateway's own log set-up, bound now to the captured stderr, at its most verbose.
     configure_logging(json=True, level="DEBUG")
     caplog.set_level(logging.DEBUG)
-    try:
-        await _sign_in_and_send(console, gateway)
-    finally:
-        structlog.configure(**saved)
+    await _sign_in_and_send(console, gateway)
     [sms] = [item for item in gateway.messenger.to(MOBILE) if item.purpose == "password"]
     found = re.search(r"пароль (\w+)\.", sms.body)
     assert found, sms.body
