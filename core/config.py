@@ -100,8 +100,15 @@ class Settings(BaseSettings):
     rate_limit_account_sends_per_day: Annotated[int, Field(ge=1)] = 10
     # Code messages or calls that actually went to one phone.
     rate_limit_destination_sends_per_hour: Annotated[int, Field(ge=1)] = 5
-    # Every code SMS and call together: the SMS-pumping and toll-fraud breaker.
+    # Codes to one number range (the number without its last 4 digits): pumping uses ranges.
+    rate_limit_prefix_sends_per_hour: Annotated[int, Field(ge=1)] = 10
+    # Every code SMS: the SMS-pumping breaker; every code call: the toll-fraud breaker. Kept
+    # apart, so that a tripped SMS breaker can still offer the code by call (§6.17).
     rate_limit_global_outbound_per_hour: Annotated[int, Field(ge=1)] = 500
+    rate_limit_global_calls_per_hour: Annotated[int, Field(ge=1)] = 200
+    # The share of each budget that only destinations without a code in the last hour may use,
+    # so that one attacker sending to a few hundred phones cannot deny codes to the city.
+    rate_limit_global_reserve_percent: Annotated[int, Field(ge=10, le=90)] = 30
 
     voice_ru: str = "Polly.Tatyana"
     voice_en: str = "Polly.Joanna"

@@ -227,6 +227,12 @@ class Delivery:
         """Whether outbound messages may go to this number at all."""
         return region_of(e164) in self._allowed
 
+    async def deliverable(self, e164: str, purpose: str = "password") -> bool:
+        """Whether an SMS for `purpose` would be queued for this number (country, opt-out)."""
+        if not self.allowed(e164):
+            return False
+        return purpose == OPT_OUT_CONFIRMATION or not await self._opt_outs.is_opted_out(e164)
+
     async def _queue(
         self,
         channel: OutboundChannel,

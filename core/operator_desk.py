@@ -298,7 +298,7 @@ class OperatorDesk:
             session_ref=case_ref(escalation.id),
             language=Language.ru,
         )
-        completion = await self._recovery.complete(attempt, case_ref(escalation.id))
+        completion = await self._recovery.complete(attempt, case_ref(escalation.id), spoken=False)
         sent = completion is not None and completion.sent_by_sms
         # The secret in `completion` goes no further than this line.
         del completion

@@ -47,8 +47,21 @@ class Limit(StrEnum):
     caller_starts = "caller_starts"
     account_sends_hour = "account_sends_hour"
     account_sends_day = "account_sends_day"
+    # The same thresholds for requests that deliver nothing (no phone on file, or a sender
+    # who is not the mobile on file), keyed by account *and* requester: a stranger meets the
+    # limit as a resident would, and spends none of the account's own (§6.12).
+    requester_account_hour = "requester_account_hour"
+    requester_account_day = "requester_account_day"
     destination_sends = "destination_sends"
+    # Codes to one number range (the number without its last 4 digits, §6.14).
+    prefix_sends = "prefix_sends"
+    # The SMS-pumping breaker (every code SMS) and the toll-fraud breaker (every code call).
     global_outbound = "global_outbound"
+    global_calls = "global_calls"
+    # The share of each budget that sends to destinations that had a code in the last hour may
+    # use; the rest is kept for everyone else (§6.17).
+    global_outbound_repeat = "global_outbound_repeat"
+    global_calls_repeat = "global_calls_repeat"
     # Operator console sign-in attempts, per username and per client address.
     signin_user = "signin_user"
     signin_address = "signin_address"
@@ -59,12 +72,30 @@ LOG_NAMES: Mapping[Limit, str] = {
     Limit.caller_starts: "c",
     Limit.account_sends_hour: "a",
     Limit.account_sends_day: "a",
+    Limit.requester_account_hour: "r",
+    Limit.requester_account_day: "r",
     Limit.destination_sends: "d",
+    Limit.prefix_sends: "p",
     Limit.global_outbound: "g",
+    Limit.global_calls: "gc",
+    Limit.global_outbound_repeat: "g2",
+    Limit.global_calls_repeat: "gc2",
     Limit.signin_user: "su",
     Limit.signin_address: "sa",
 }
 
+
+# Budgets of the whole gateway: one log each, no subject.
+GLOBAL_LIMITS = frozenset(
+    {
+        Limit.global_outbound,
+        Limit.global_calls,
+        Limit.global_outbound_repeat,
+        Limit.global_calls_repeat,
+    }
+)
+
+_REPEAT_SHARES = frozenset({Limit.global_outbound_repeat, Limit.global_calls_repeat})
 
 RATE_LIMITED = Counter(
     "gateway_rate_limited",
@@ -75,32 +106,50 @@ for _limit in Limit:
     RATE_LIMITED.labels(limit=_limit)  # every limit shows in /metrics, tripped or not
 
 # KEYS: one per limit checked (a key may repeat: two limits over one log). ARGV: now (ms), the
-# event's member, record (1) or only look (0), then a (limit, window ms) pair per key. Returns 0
-# when every limit has room (and, when recording, the event is added to each log once), else the
-# 1-based index of the first full limit. A log is trimmed to the longest window counted in it.
+# event's member, record (1) or only look (0), then a (limit, window ms, condition) triple per
+# key: a condition i > 0 applies the check only when log KEYS[i] is not empty (a destination
+# that had a code in its window). Returns {0, 0} when every applying limit has room (and, when
+# recording, the event is added once to each log a check applied to), else {the 1-based index
+# of the first full limit, ms until it has room again}. A log is trimmed to the longest window
+# counted in it.
 _ACQUIRE = """
 local now = tonumber(ARGV[1])
 local longest = {}
 for i, key in ipairs(KEYS) do
-  local window = tonumber(ARGV[3 + 2 * i])
+  local window = tonumber(ARGV[2 + 3 * i])
   if not longest[key] or window > longest[key] then longest[key] = window end
 end
 for key, window in pairs(longest) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 end
+local applies = {}
 for i, key in ipairs(KEYS) do
-  local since = now - tonumber(ARGV[3 + 2 * i])
-  if redis.call('ZCOUNT', key, '(' .. since, '+inf') >= tonumber(ARGV[2 + 2 * i]) then
-    return i
+  local condition = tonumber(ARGV[3 + 3 * i])
+  if condition == 0 or redis.call('ZCARD', KEYS[condition]) > 0 then
+    local window = tonumber(ARGV[2 + 3 * i])
+    local limit = tonumber(ARGV[1 + 3 * i])
+    local since = now - window
+    local count = redis.call('ZCOUNT', key, '(' .. since, '+inf')
+    if count >= limit then
+      -- Room again once the oldest event that keeps the log full leaves the window.
+      local oldest = redis.call('ZRANGEBYSCORE', key, '(' .. since, '+inf', 'WITHSCORES',
+        'LIMIT', count - limit, 1)
+      local wait = window
+      if oldest[2] then wait = tonumber(oldest[2]) + window - now end
+      return {i, wait}
+    end
+    applies[key] = true
   end
 end
 if ARGV[3] == '1' then
   for key, window in pairs(longest) do
-    redis.call('ZADD', key, now, ARGV[2])
-    redis.call('PEXPIRE', key, window)
+    if applies[key] then
+      redis.call('ZADD', key, now, ARGV[2])
+      redis.call('PEXPIRE', key, window)
+    end
   end
 end
-return 0
+return {0, 0}
 """
 
 
@@ -112,14 +161,28 @@ class Rule:
     window_seconds: int
 
 
+def _repeat_share(budget: int, settings: Settings) -> int:
+    return max(1, budget * (100 - settings.rate_limit_global_reserve_percent) // 100)
+
+
 def rules(settings: Settings) -> Mapping[Limit, Rule]:
     """Every limit with its threshold and window, from the settings."""
+    account_hour = settings.rate_limit_account_sends_per_hour
+    account_day = settings.rate_limit_account_sends_per_day
+    sms_budget = settings.rate_limit_global_outbound_per_hour
+    call_budget = settings.rate_limit_global_calls_per_hour
     return {
         Limit.caller_starts: Rule(settings.rate_limit_caller_starts_per_hour, HOUR_SECONDS),
-        Limit.account_sends_hour: Rule(settings.rate_limit_account_sends_per_hour, HOUR_SECONDS),
-        Limit.account_sends_day: Rule(settings.rate_limit_account_sends_per_day, DAY_SECONDS),
+        Limit.account_sends_hour: Rule(account_hour, HOUR_SECONDS),
+        Limit.account_sends_day: Rule(account_day, DAY_SECONDS),
+        Limit.requester_account_hour: Rule(account_hour, HOUR_SECONDS),
+        Limit.requester_account_day: Rule(account_day, DAY_SECONDS),
         Limit.destination_sends: Rule(settings.rate_limit_destination_sends_per_hour, HOUR_SECONDS),
-        Limit.global_outbound: Rule(settings.rate_limit_global_outbound_per_hour, HOUR_SECONDS),
+        Limit.prefix_sends: Rule(settings.rate_limit_prefix_sends_per_hour, HOUR_SECONDS),
+        Limit.global_outbound: Rule(sms_budget, HOUR_SECONDS),
+        Limit.global_calls: Rule(call_budget, HOUR_SECONDS),
+        Limit.global_outbound_repeat: Rule(_repeat_share(sms_budget, settings), HOUR_SECONDS),
+        Limit.global_calls_repeat: Rule(_repeat_share(call_budget, settings), HOUR_SECONDS),
         Limit.signin_user: Rule(settings.console_signin_per_user, SIGNIN_WINDOW_SECONDS),
         Limit.signin_address: Rule(settings.console_signin_per_ip, SIGNIN_WINDOW_SECONDS),
     }
@@ -131,6 +194,8 @@ class Check:
 
     limit: Limit
     subject: str = ""
+    # Applies only when the log of this call's check on that limit is not empty (§6.17).
+    if_recent: Limit | None = None
 
     def __repr__(self) -> str:
         return f"Check({self.limit})"
@@ -143,6 +208,8 @@ class Decision:
     tripped: Limit | None
     keys: tuple[str, ...] = ()
     member: str = ""
+    # When refused: seconds until the limit that tripped has room again.
+    wait_seconds: int = 0
 
     @property
     def allowed(self) -> bool:
@@ -169,7 +236,7 @@ class RateLimiter:
 
     def key(self, check: Check) -> str:
         """The Redis key of a check: its log's name and the subject's keyed reference."""
-        if check.limit is Limit.global_outbound:
+        if check.limit in GLOBAL_LIMITS:
             return KEY_PREFIX + LOG_NAMES[check.limit]
         return f"{KEY_PREFIX}{LOG_NAMES[check.limit]}:{self._keyring.reference(check.subject)}"
 
@@ -177,14 +244,15 @@ class RateLimiter:
         """Count one event against every check, all or nothing; says which limit tripped."""
         # Unique within a log: the score holds the time, so the member needs only randomness.
         member = secrets.token_hex(6)
-        tripped = await self._run(checks, member, record=True)
-        if tripped is not None:
-            return Decision(tripped)
+        refused = await self._run(checks, member, record=True)
+        if refused is not None:
+            return refused
+        # A conditional check that did not apply recorded nothing; removing its member is a no-op.
         return Decision(None, tuple(dict.fromkeys(self.key(check) for check in checks)), member)
 
-    async def peek(self, *checks: Check) -> Limit | None:
-        """The first of these limits that has no room left, counting nothing."""
-        return await self._run(checks, "", record=False)
+    async def peek(self, *checks: Check) -> Decision:
+        """Whether these limits have room, counting nothing."""
+        return await self._run(checks, "", record=False) or Decision(None)
 
     async def release(self, decision: Decision) -> None:
         """Take back an event that did not happen after all (nothing was sent)."""
@@ -195,26 +263,32 @@ class RateLimiter:
                 pipe.zrem(key, decision.member)
             await pipe.execute()
 
-    async def _run(self, checks: tuple[Check, ...], member: str, *, record: bool) -> Limit | None:
+    async def _run(
+        self, checks: tuple[Check, ...], member: str, *, record: bool
+    ) -> Decision | None:
         if not checks:
             return None
+        limits = [check.limit for check in checks]
         args: list[str | int] = [self._now_ms(), member, 1 if record else 0]
         for check in checks:
             rule = self._rules[check.limit]
-            args += [rule.limit, rule.window_seconds * 1000]
-        index = int(await self._script(keys=[self.key(check) for check in checks], args=args))
-        if index == 0:
+            condition = limits.index(check.if_recent) + 1 if check.if_recent else 0
+            args += [rule.limit, rule.window_seconds * 1000, condition]
+        index, wait_ms = await self._script(keys=[self.key(check) for check in checks], args=args)
+        if int(index) == 0:
             return None
-        check = checks[index - 1]
+        check = checks[int(index) - 1]
         self._report(check)
-        return check.limit
+        return Decision(check.limit, wait_seconds=max(1, -(-int(wait_ms) // 1000)))
 
     def _report(self, check: Check) -> None:
         RATE_LIMITED.labels(limit=check.limit).inc()
         threshold = self._rules[check.limit].limit
-        if check.limit is Limit.global_outbound:
-            # The breaker stops every code SMS and call: someone must look now.
-            log.error("ratelimit.global_budget_exhausted", limit=check.limit, threshold=threshold)
+        if check.limit in GLOBAL_LIMITS:
+            # A budget of the whole gateway: someone must look now. The repeat share trips
+            # first under an attack on a few destinations; the rest is kept for everyone else.
+            level = log.warning if check.limit in _REPEAT_SHARES else log.error
+            level("ratelimit.global_budget_exhausted", limit=check.limit, threshold=threshold)
             return
         log.warning(
             "ratelimit.tripped",
@@ -229,14 +303,21 @@ class RateLimiter:
 
 
 def _masked(check: Check) -> str:
-    if check.limit in (Limit.account_sends_hour, Limit.account_sends_day):
-        return mask_account(check.subject)
+    if check.limit in (
+        Limit.account_sends_hour,
+        Limit.account_sends_day,
+        Limit.requester_account_hour,
+        Limit.requester_account_day,
+    ):
+        # The requester's half of the subject follows the account number: mask from the left.
+        return mask_account(check.subject.partition(" ")[0])
     if check.limit in (Limit.signin_user, Limit.signin_address):
         return "***"  # a username or an address: the keyed reference is enough
     return mask_phone(check.subject)
 
 
 __all__ = [
+    "GLOBAL_LIMITS",
     "LOG_NAMES",
     "RATE_LIMITED",
     "Check",

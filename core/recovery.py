@@ -19,12 +19,10 @@ from core.crypto import Keyring
 from core.delivery import Delivery
 from core.models import OutboundChannel
 from core.phones import InvalidPhoneNumber, Phone, mask_account, parse_phone
-from core.ratelimit import Check, Decision, Limit, RateLimiter
+from core.ratelimit import GLOBAL_LIMITS, Check, Decision, Limit, RateLimiter
 from voice_prompts import Catalogue, Language
 
 log = structlog.get_logger(__name__)
-
-DAY_SECONDS = 24 * 3600
 
 
 class Purpose(StrEnum):
@@ -44,6 +42,9 @@ class SendOutcome(StrEnum):
     capped = "capped"
     # A rate limit (§6.4) held the code back: an apology and the operator, never an error.
     limited = "limited"
+    # The gateway's budget for this method is spent (§6.17): offer the other method or the
+    # operator.
+    unavailable = "unavailable"
 
 
 class VerifyOutcome(StrEnum):
@@ -51,6 +52,26 @@ class VerifyOutcome(StrEnum):
     wrong = "wrong"
     invalidated = "invalidated"
     capped = "capped"
+    # A code typed into an SMS thread whose sender is not a mobile on file: the only code such
+    # a sender can know was spoken in a call to the phone on file, and belongs to that call
+    # (§6.13). Checked against nothing, counted nowhere.
+    not_here = "not_here"
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What became of a code request; `wait_seconds`: when a limit or the cap lets it again."""
+
+    outcome: SendOutcome
+    wait_seconds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A code check's outcome; `wait_seconds`: when a capped account's self-service reopens."""
+
+    outcome: VerifyOutcome
+    wait_seconds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +86,10 @@ class Attempt:
     language: Language
     # The caller number's start limit had tripped: no code is sent for this attempt.
     limited: bool = False
+    # The requester as a limit subject (E.164, or the account for a withheld caller ID).
+    requester: str = ""
+    # The requester is a mobile on file: codes and credentials may go to it (§6.3, §6.13).
+    from_mobile_on_file: bool = False
 
     def __repr__(self) -> str:
         return f"Attempt({self.id[:8]}…, {mask_account(self.account_number)}, {self.purpose})"
@@ -123,9 +148,9 @@ class RecoveryService:
         Never refused: when the caller number has started too many recoveries, the attempt is
         marked `limited`, no code will be sent for it, and the channel decides what to say.
         """
-        starts = await self._limits.acquire(
-            Check(Limit.caller_starts, _caller_subject(caller, self._settings.default_region))
-        )
+        requester = _caller_subject(caller, account_number, self._settings.default_region)
+        starts = await self._limits.acquire(Check(Limit.caller_starts, requester))
+        record = await self._directory.lookup(account_number)
         attempt = Attempt(
             # 96 random bits; short, because its keys are part of every active call (§9).
             id=secrets.token_urlsafe(12),
@@ -135,6 +160,8 @@ class RecoveryService:
             session_ref=session_ref,
             language=language,
             limited=not starts.allowed,
+            requester=requester,
+            from_mobile_on_file=_code_destination(record, requester) is not None,
         )
         await self._redis.set(
             self._attempt_key(attempt.id),
@@ -147,12 +174,13 @@ class RecoveryService:
                     attempt.session_ref,
                     attempt.language,
                     int(attempt.limited),
+                    attempt.requester,
+                    int(attempt.from_mobile_on_file),
                 ],
                 separators=(",", ":"),
             ),
             ex=self._settings.code_ttl_seconds + 600,
         )
-        record = await self._directory.lookup(account_number)
         await self._audit.record(
             "recovery.started",
             channel=channel,
@@ -170,7 +198,9 @@ class RecoveryService:
         raw = await self._redis.get(self._attempt_key(attempt_id))
         if raw is None:
             return None
-        account_number, purpose, channel, session_ref, language, limited = json.loads(raw)
+        account_number, purpose, channel, session_ref, language, limited, requester, on_file = (
+            json.loads(raw)
+        )
         return Attempt(
             id=attempt_id,
             account_number=account_number,
@@ -179,11 +209,13 @@ class RecoveryService:
             session_ref=session_ref,
             language=Language(language),
             limited=bool(limited),
+            requester=requester,
+            from_mobile_on_file=bool(on_file),
         )
 
     # -- codes ------------------------------------------------------------------------------
 
-    async def send_sms_code(self, attempt: Attempt, *, only_to: str | None = None) -> SendOutcome:
+    async def send_sms_code(self, attempt: Attempt, *, only_to: str | None = None) -> Sent:
         """SMS a code to a mobile on file; the outcome never tells whether there is one.
 
         Voice: the first mobile on file. SMS channel: `only_to` is the sender, who gets the code
@@ -197,20 +229,22 @@ class RecoveryService:
         )
         if clearance.refused:
             return clearance.refused
-        code = await self._codes.issue(attempt.id)
-        body = self._prompts.text("sms.code", attempt.language, code=code)
         mobile = clearance.destination
+        code = await self._codes.issue(attempt.id, delivered=mobile is not None)
+        body = self._prompts.text("sms.code", attempt.language, code=code)
         if mobile is not None:
             queued = await self._delivery.sms(
                 mobile.e164, body, purpose="code", attempt_ref=attempt.id
             )
+            if not queued:
+                await self._codes.withheld(attempt.id)
         else:
             # The same work as a send, so that timing does not tell (§6.2).
             queued = await self._delivery.withhold(OutboundChannel.sms, body, "code")
         await self._settle(attempt, "code.sent_sms", clearance, queued)
-        return SendOutcome.sent
+        return Sent(SendOutcome.sent)
 
-    async def request_voice_call(self, attempt: Attempt, twiml_url: str) -> SendOutcome:
+    async def request_voice_call(self, attempt: Attempt, twiml_url: str) -> Sent:
         """Call the first phone on file (mobile or landline) to speak the code after a key press."""
         clearance = await self._clear_to_send(
             attempt, "call", lambda record: record.phones[0] if record and record.phones else None
@@ -227,7 +261,7 @@ class RecoveryService:
                 OutboundChannel.call, "", "code_call", url=twiml_url
             )
         await self._settle(attempt, "code.call_placed", clearance, queued)
-        return SendOutcome.sent
+        return Sent(SendOutcome.sent)
 
     async def _clear_to_send(
         self,
@@ -237,17 +271,19 @@ class RecoveryService:
     ) -> _Clearance:
         """Every check before a code goes out by `method`, in the order that fails closed."""
         if attempt.limited:
-            return _Clearance(SendOutcome.limited)
-        if await self._is_capped(attempt.account_number):
-            return _Clearance(SendOutcome.capped)
+            return _Clearance(Sent(SendOutcome.limited))
+        if wait := await self._cap_wait(attempt.account_number):
+            return _Clearance(Sent(SendOutcome.capped, wait))
         if not await self._cool_down(attempt.id, method):
-            return _Clearance(SendOutcome.cooldown)
+            return _Clearance(Sent(SendOutcome.cooldown))
         destination = pick(await self._directory.lookup(attempt.account_number))
-        permit = await self._send_permit(attempt, destination)
+        permit = await self._send_permit(attempt, method, destination)
         if not permit.allowed:
             await self._release_cool_down(attempt.id, method)
             await self._audit_limited(attempt, method, permit)
-            return _Clearance(SendOutcome.limited)
+            if permit.tripped in GLOBAL_LIMITS:
+                return _Clearance(Sent(SendOutcome.unavailable))
+            return _Clearance(Sent(SendOutcome.limited, permit.wait_seconds))
         return _Clearance(None, destination, permit)
 
     async def _settle(
@@ -260,13 +296,15 @@ class RecoveryService:
             account_number=attempt.account_number,
             delivered=queued,
         )
-        if not queued and clearance.permit is not None:
-            # Withheld (country, opt-out) or no phone: nothing counts as sent.
+        if not queued and clearance.destination is not None and clearance.permit is not None:
+            # Withheld (country, opt-out): nothing counts as sent. (With no phone on file, the
+            # permit counted the requester, and keeps counting.)
             await self._limits.release(clearance.permit)
 
     async def issue_spoken_code(self, attempt: Attempt, call_ref: str) -> str:
         """A fresh code to speak in the verification call, after the answerer pressed a key."""
-        code = await self._codes.issue(attempt.id)
+        # Spoken to whoever answered the phone on file: a delivered code (§6.12).
+        code = await self._codes.issue(attempt.id, delivered=True)
         await self._audit.record(
             "code.spoken",
             channel=Channel.voice,
@@ -275,20 +313,22 @@ class RecoveryService:
         )
         return code
 
-    async def verify(self, attempt: Attempt, code: str, session_ref: str) -> VerifyOutcome:
-        """Check a code; wrong ones count against the account's daily cap."""
-        if await self._is_capped(attempt.account_number):
-            return VerifyOutcome.capped
-        check = await self._codes.check(attempt.id, code)
-        outcome = {
-            CodeCheck.accepted: VerifyOutcome.accepted,
-            CodeCheck.wrong: VerifyOutcome.wrong,
-        }.get(check, VerifyOutcome.invalidated)
-        if check is not CodeCheck.accepted:
-            failures = await self._count_failure(attempt.account_number)
-            if failures >= self._settings.failed_verifications_per_day:
-                await self._codes.discard(attempt.id)
-                outcome = VerifyOutcome.capped
+    async def verify(
+        self, attempt: Attempt, code: str, session_ref: str, *, by_sms: bool = False
+    ) -> Verified:
+        """Check a code: the cap, the comparison and the count are one atomic step (§5).
+
+        Wrong entries count toward the account's daily cap only against a code that reached a
+        phone on file (§6.12). `by_sms`: the code was texted into the attempt's SMS thread,
+        which only a mobile on file may finish (§6.13).
+        """
+        if by_sms and not attempt.from_mobile_on_file:
+            outcome, wait = VerifyOutcome.not_here, 0
+        else:
+            checked = await self._codes.check(
+                attempt.id, code, self._failures_key(attempt.account_number)
+            )
+            outcome, wait = _VERIFY_OUTCOMES[checked.result], checked.wait_seconds
         await self._audit.record(
             "code.checked",
             channel=attempt.channel,
@@ -296,21 +336,40 @@ class RecoveryService:
             account_number=attempt.account_number,
             outcome=outcome,
         )
-        return outcome
+        return Verified(outcome, wait)
 
     # -- completion -------------------------------------------------------------------------
 
     async def complete(
-        self, attempt: Attempt, session_ref: str, *, deliver_to: str | None = None
+        self,
+        attempt: Attempt,
+        session_ref: str,
+        *,
+        spoken: bool,
+        deliver_to: str | None = None,
     ) -> Completion | None:
         """Issue the temporary password (or look up the login), send it, notify the contacts.
 
         Only called after `verify` accepted: the code was consumed atomically, so this runs once.
-        The secret goes by SMS to `deliver_to` when that is a mobile on file (the phone that just
-        proved itself), else to the first mobile on file. None when the account vanished.
+        `spoken`: the secret is read out in the call in which the code was accepted. It also
+        goes by SMS to `deliver_to` when that is a mobile on file (the phone that just proved
+        itself), else to the first mobile on file. Nothing is changed unless the secret reaches
+        the resident one way or the other (§6.13): None then, and None when the account vanished.
         """
         record = await self._directory.lookup(attempt.account_number)
         if record is None:
+            return None
+        mobile = _code_destination(record, deliver_to) if deliver_to else record.first_mobile
+        by_sms = mobile is not None and await self._delivery.deliverable(mobile.e164)
+        if not spoken and not by_sms:
+            await self._audit.record(
+                "recovery.undeliverable",
+                channel=attempt.channel,
+                session_ref=session_ref,
+                account_number=attempt.account_number,
+                purpose=attempt.purpose,
+            )
+            log.warning("recovery.undeliverable", account=mask_account(attempt.account_number))
             return None
         # Redis first: if it fails here, no password was issued and nothing queued (§6.4).
         await self._redis.delete(self._attempt_key(attempt.id))
@@ -325,10 +384,11 @@ class RecoveryService:
         else:
             secret = record.login
             body = self._prompts.text("sms.login", attempt.language, login=secret)
-        mobile = _code_destination(record, deliver_to) if deliver_to else record.first_mobile
-        # Queued for the dispatcher; False when withheld (opt-out, country).
-        sent = mobile is not None and await self._delivery.sms(
-            mobile.e164, body, f"{attempt.purpose}"
+        # Queued for the dispatcher (checked deliverable above, in this same transaction).
+        sent = (
+            by_sms
+            and mobile is not None
+            and await self._delivery.sms(mobile.e164, body, f"{attempt.purpose}")
         )
         await self._notify_contacts(
             record, attempt, already_told=mobile.e164 if sent and mobile else None
@@ -399,25 +459,43 @@ class RecoveryService:
 
     # -- limits -----------------------------------------------------------------------------
 
-    async def _send_permit(self, attempt: Attempt, destination: Phone | None) -> Decision:
-        """Count a code send against the account, its destination and the global budget.
+    async def _send_permit(
+        self, attempt: Attempt, method: str, destination: Phone | None
+    ) -> Decision:
+        """Count a code send against the account, its destination and the gateway's budget.
 
-        The account's limits count every request for that account number, whether it exists
-        or not, so a refusal says nothing about it. The destination and the global budget count
-        only messages that go somewhere (the caller releases the permit if nothing went out).
+        A send that reaches a phone on file counts toward the account's limits (the guard
+        against SMS bombing), its destination, its number range and the method's budget, of
+        which destinations that had a code in the last hour share only a part (§6.17). A request
+        that delivers nothing spends none of the account's limits (§6.12): it counts toward the
+        same thresholds keyed by account and requester, so that its answers read as a real
+        account's would, and it refuses alike when the budget is spent.
         """
-        account = await self._limits.acquire(
+        budget, repeat = (
+            (Limit.global_outbound, Limit.global_outbound_repeat)
+            if method == "sms"
+            else (Limit.global_calls, Limit.global_calls_repeat)
+        )
+        if destination is None:
+            subject = f"{attempt.account_number} {attempt.requester}"
+            requester = await self._limits.acquire(
+                Check(Limit.requester_account_hour, subject),
+                Check(Limit.requester_account_day, subject),
+            )
+            if not requester.allowed:
+                return requester
+            spent = await self._limits.peek(Check(budget))
+            if not spent.allowed:
+                await self._limits.release(requester)
+                return spent
+            return requester
+        return await self._limits.acquire(
             Check(Limit.account_sends_hour, attempt.account_number),
             Check(Limit.account_sends_day, attempt.account_number),
-        )
-        if not account.allowed:
-            return account
-        if destination is None:
-            # Nothing will be sent, but an exhausted budget must refuse everybody alike, or it
-            # would tell the accounts with a phone from the others.
-            return Decision(await self._limits.peek(Check(Limit.global_outbound)))
-        return await self._limits.acquire(
-            Check(Limit.destination_sends, destination.e164), Check(Limit.global_outbound)
+            Check(Limit.destination_sends, destination.e164),
+            Check(Limit.prefix_sends, destination.e164[:-4]),
+            Check(budget),
+            Check(repeat, if_recent=Limit.destination_sends),
         )
 
     async def _audit_limited(self, attempt: Attempt, method: str, decision: Decision) -> None:
@@ -447,26 +525,34 @@ class RecoveryService:
     async def _release_cool_down(self, attempt_id: str, method: str) -> None:
         await self._redis.delete(f"cooldown:{attempt_id}:{method}")
 
-    async def _is_capped(self, account_number: str) -> bool:
-        failures = await self._redis.get(self._failures_key(account_number))
-        return int(failures or 0) >= self._settings.failed_verifications_per_day
-
-    async def _count_failure(self, account_number: str) -> int:
+    async def _cap_wait(self, account_number: str) -> int:
+        """Seconds until a capped account's self-service opens again; 0 when it is not capped."""
         key = self._failures_key(account_number)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, DAY_SECONDS, nx=True)
-            count, _ = await pipe.execute()
-        return int(count)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.ttl(key)
+            failures, ttl = await pipe.execute()
+        if int(failures or 0) < self._settings.failed_verifications_per_day:
+            return 0
+        return max(1, int(ttl))
 
 
 @dataclass(frozen=True, slots=True)
 class _Clearance:
     """Why a code may not go out, or where it goes and the limit permit it holds."""
 
-    refused: SendOutcome | None
+    refused: Sent | None
     destination: Phone | None = None
     permit: Decision | None = None
+
+
+_VERIFY_OUTCOMES = {
+    CodeCheck.accepted: VerifyOutcome.accepted,
+    CodeCheck.wrong: VerifyOutcome.wrong,
+    CodeCheck.exhausted: VerifyOutcome.invalidated,
+    CodeCheck.missing: VerifyOutcome.invalidated,
+    CodeCheck.capped: VerifyOutcome.capped,
+}
 
 
 def _code_destination(record: AccountRecord | None, only_to: str | None) -> Phone | None:
@@ -477,17 +563,18 @@ def _code_destination(record: AccountRecord | None, only_to: str | None) -> Phon
     return next((mobile for mobile in record.mobiles if mobile.e164 == only_to), None)
 
 
-def _caller_subject(caller: str | None, region: str) -> str:
-    """The caller number as one limit subject: E.164 when it parses, else the raw value.
+def _caller_subject(caller: str | None, account_number: str, region: str) -> str:
+    """The requester as one limit subject: its E.164 number when it parses.
 
-    A withheld or malformed caller ID ("anonymous", "") is one shared subject, so hiding the
-    number is no way around the limit.
+    A withheld or malformed caller ID ("anonymous", "", a SIP URI) is no number to count: it
+    counts as "withheld, asking for this account", so hiding the number is no way around the
+    limit, and one attacker hiding theirs does not lock out every other withheld caller (§6.12).
     """
     raw = (caller or "").strip()[:32]
     try:
         return parse_phone(raw, region).e164
     except InvalidPhoneNumber:
-        return raw.lower()
+        return f"withheld:{account_number}"
 
 
 def _caller_on_file(record: AccountRecord | None, caller: str | None, region: str) -> bool:
@@ -507,5 +594,7 @@ __all__ = [
     "Purpose",
     "RecoveryService",
     "SendOutcome",
+    "Sent",
+    "Verified",
     "VerifyOutcome",
 ]

@@ -135,6 +135,8 @@ def worst_case_values(settings: Settings) -> dict[str, object]:
         "hours": settings.temp_password_ttl_hours,
         "hotline": settings.hotline_number,
         "account": WORST_ACCOUNT,
+        # Catalogue.wait: minutes below two hours, so "119 минут" is the longest.
+        "wait": "119 minutes",
     }
 
 

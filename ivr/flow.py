@@ -19,6 +19,7 @@ from core.recovery import (
     Purpose,
     RecoveryService,
     SendOutcome,
+    Sent,
     VerifyOutcome,
 )
 from ivr.menu import MENU, Action, Entry, State
@@ -130,6 +131,9 @@ class VoiceFlow:
         call.reason = reason
         came_from = call.state
         notices = [notice] if notice else []
+        if call.wait_seconds:
+            # A limit or the cap: when self-service opens again (§6.12), then the operator.
+            notices.append("voice.self_service_reopens")
         ESCALATIONS.labels(channel="voice", reason=reason).inc()
         if not self._schedule.is_open(self._clock()):
             self._go(call, State.after_hours, *notices)
@@ -271,20 +275,25 @@ class VoiceFlow:
         attempt = await self._attempt(call)
         if attempt is None:
             return
-        outcome = await self._recovery.send_sms_code(attempt)
-        if await self._held_back(call, outcome):
+        sent = await self._recovery.send_sms_code(attempt)
+        if sent.outcome is SendOutcome.unavailable:
+            # The SMS budget is spent (§6.17): the code by call still works.
+            self._go(call, State.method_choice, "voice.sms_unavailable")
             return
-        if outcome is SendOutcome.cooldown:
+        if await self._held_back(call, sent):
+            return
+        if sent.outcome is SendOutcome.cooldown:
             self._go(call, State.code_entry, "voice.code_resend_wait")
         else:
             call.verification = Verification.code_sent
             self._go(call, State.code_entry, "voice.code_resent" if resend else "voice.code_sent")
 
-    async def _held_back(self, call: CallSession, outcome: SendOutcome) -> bool:
+    async def _held_back(self, call: CallSession, sent: Sent) -> bool:
         """A rate limit or the failure cap held the code back: the operator, not an error."""
-        if outcome is SendOutcome.limited:
+        call.wait_seconds = sent.wait_seconds
+        if sent.outcome in (SendOutcome.limited, SendOutcome.unavailable):
             await self._limit_reached(call)
-        elif outcome is SendOutcome.capped:
+        elif sent.outcome is SendOutcome.capped:
             await self._to_operator(call, "verification_capped", notice="voice.verification_capped")
         else:
             return False
@@ -295,10 +304,10 @@ class VoiceFlow:
         if attempt is None:
             return
         url = f"{self._base}/ivr/verify?{urlencode({'a': attempt.id})}"
-        outcome = await self._recovery.request_voice_call(attempt, url)
-        if await self._held_back(call, outcome):
+        sent = await self._recovery.request_voice_call(attempt, url)
+        if await self._held_back(call, sent):
             return
-        if outcome is SendOutcome.cooldown:
+        if sent.outcome is SendOutcome.cooldown:
             self._go(call, call.state, "voice.code_resend_wait")
         else:
             call.verification = Verification.code_sent
@@ -320,9 +329,11 @@ class VoiceFlow:
         attempt = await self._attempt(call)
         if attempt is None:
             return
-        outcome = await self._recovery.verify(attempt, digits, call.call_sid)
+        verified = await self._recovery.verify(attempt, digits, call.call_sid)
+        outcome = verified.outcome
         if outcome is VerifyOutcome.accepted:
-            completion = await self._recovery.complete(attempt, call.call_sid)
+            # Read out in this call: the call in which the code was accepted (§6.13).
+            completion = await self._recovery.complete(attempt, call.call_sid, spoken=True)
             if completion is None:
                 await self._to_operator(call, "error", notice="voice.error_apology")
                 return
@@ -331,6 +342,7 @@ class VoiceFlow:
             call.secret_by_sms = completion.sent_by_sms
             self._go(call, State.secret_ready)
         elif outcome is VerifyOutcome.capped:
+            call.wait_seconds = verified.wait_seconds
             await self._to_operator(call, "verification_capped", notice="voice.verification_capped")
         elif outcome is VerifyOutcome.invalidated:
             if call.outbound:

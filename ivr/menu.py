@@ -145,9 +145,10 @@ ACTION_TARGETS: Mapping[Action, frozenset[State]] = {
     # A caller over the start limit is transferred right after confirming (§6.4).
     Action.confirm_account: frozenset({State.method_choice, State.operator}),
     Action.reenter_account: frozenset({State.account_entry}),
-    Action.send_sms_code: frozenset({State.code_entry, State.operator}),
+    # With the SMS budget spent (§6.17), back to the methods: the call still works.
+    Action.send_sms_code: frozenset({State.code_entry, State.method_choice, State.operator}),
     Action.call_me: frozenset({State.call_arranged, State.operator}),
-    Action.resend_code: frozenset({State.code_entry, State.operator}),
+    Action.resend_code: frozenset({State.code_entry, State.method_choice, State.operator}),
     Action.reveal_code: frozenset({State.verify_code, State.goodbye}),
     Action.finish: frozenset({State.goodbye}),
     Action.leave_callback: frozenset({State.callback_done}),

@@ -86,7 +86,8 @@ class Screens:
         """What the caller hears in the call's current state."""
         spec = MENU[call.state]
         lang = call.language
-        lines: list[Utterance] = [self._say(key, lang) for key in call.notices]
+        params = {"wait": self._prompts.wait(call.wait_seconds, lang)} if call.wait_seconds else {}
+        lines: list[Utterance] = [self._say(key, lang, **params) for key in call.notices]
         lines += self._state_lines(call)
         if spec.final is Final.dial:
             if self._settings.operator_route is OperatorRoute.enqueue:

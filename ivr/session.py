@@ -44,6 +44,8 @@ class CallSession:
     failures: int = 0
     wrong_codes: int = 0
     escalation_id: int | None = None
+    # When a limit or the failure cap held the caller back: seconds until self-service reopens.
+    wait_seconds: int = 0
 
     def __repr__(self) -> str:
         return (
@@ -90,6 +92,7 @@ _SHORT = {
     "failures": "u",
     "wrong_codes": "w",
     "escalation_id": "i",
+    "wait_seconds": "z",
 }
 _LONG = {short: name for name, short in _SHORT.items()}
 

@@ -13,7 +13,7 @@ from core.hours import Clock, Schedule, utc_now
 from core.metrics import ESCALATIONS
 from core.models import EscalationKind
 from core.optout import OptOuts
-from core.recovery import Channel, Purpose, RecoveryService, SendOutcome, VerifyOutcome
+from core.recovery import Channel, Purpose, RecoveryService, SendOutcome, Sent, VerifyOutcome
 from sms.grammar import Command, Keyword
 from sms.thread import SmsThread, SmsThreads
 from voice_prompts import Language
@@ -42,6 +42,8 @@ class Reply:
     params: dict[str, str] = field(default_factory=dict)
     # Followed by the operators' working hours (the after-hours callback reply).
     with_hours: bool = False
+    # Said as `{wait}`: when a limit or the cap lets the sender try on their own again.
+    wait_seconds: int = 0
 
 
 class SmsDialog:
@@ -106,9 +108,10 @@ class SmsDialog:
             case _:
                 return self._reply("sms.reply_unknown", thread)
 
-    def _reply(self, key: str, source: Command | SmsThread) -> Reply:
+    def _reply(self, key: str, source: Command | SmsThread, wait_seconds: int = 0) -> Reply:
         language = Language(source.language)
-        return Reply(key, language, {"hotline": self._settings.hotline_number})
+        params = {"hotline": self._settings.hotline_number}
+        return Reply(key, language, params, wait_seconds=wait_seconds)
 
     async def _request(self, thread: SmsThread, message_sid: str, command: Command) -> Reply:
         account = command.argument
@@ -132,13 +135,21 @@ class SmsDialog:
         outcome = await self._recovery.send_sms_code(attempt, only_to=thread.sender)
         return self._after_send(thread, outcome, "sms.reply_requested")
 
-    def _after_send(self, thread: SmsThread, outcome: SendOutcome, sent_key: str) -> Reply:
-        if outcome is SendOutcome.capped:
+    def _after_send(self, thread: SmsThread, sent: Sent, sent_key: str) -> Reply:
+        if sent.outcome is SendOutcome.capped:
             ESCALATIONS.labels(channel="sms", reason="verification_capped").inc()
-            return self._reply("sms.reply_capped", thread)
-        if outcome is SendOutcome.limited:
+            return self._reply("sms.reply_capped", thread, sent.wait_seconds)
+        if sent.outcome is SendOutcome.limited:
             # A rate limit (§6.4): an apology and the way to the operator, not an error.
-            return self._reply("sms.reply_limited", thread)
+            return self._reply(
+                "sms.reply_limited_until" if sent.wait_seconds else "sms.reply_limited",
+                thread,
+                sent.wait_seconds,
+            )
+        if sent.outcome is SendOutcome.unavailable:
+            # The budget of this method is spent (§6.17): the other method, or the operator.
+            key = "sms.reply_sms_unavailable" if sent_key == "sms.reply_requested" else None
+            return self._reply(key or "sms.reply_limited", thread)
         # A cool-down answers like a send: the earlier code is still on its way.
         return self._reply(sent_key, thread)
 
@@ -148,19 +159,25 @@ class SmsDialog:
             return self._reply("sms.reply_no_request", thread)
         if len(code) != 6 or not code.isdigit():
             return self._reply("sms.reply_code_malformed", thread)
-        outcome = await self._recovery.verify(attempt, code, message_sid)
+        verified = await self._recovery.verify(attempt, code, message_sid, by_sms=True)
+        outcome = verified.outcome
+        if outcome is VerifyOutcome.not_here:
+            # Only the mobile on file finishes a thread by SMS; a code heard in a call is keyed
+            # into that call (§6.13). The same words whether or not the account exists.
+            return self._reply("sms.reply_wrong_phone", thread)
         if outcome is VerifyOutcome.accepted:
             await self._threads.clear(thread.sender)
             completion = await self._recovery.complete(
-                attempt, message_sid, deliver_to=thread.sender
+                attempt, message_sid, spoken=False, deliver_to=thread.sender
             )
-            if completion is None or not completion.sent_by_sms:
-                return self._reply("sms.reply_error", thread)
+            if completion is None:
+                # Nothing was changed: the password could not have reached this phone.
+                return self._reply("sms.reply_not_changed", thread)
             # The password (or login) SMS is the answer; no second message.
             return None
         if outcome is VerifyOutcome.capped:
             ESCALATIONS.labels(channel="sms", reason="verification_capped").inc()
-            return self._reply("sms.reply_capped", thread)
+            return self._reply("sms.reply_capped", thread, verified.wait_seconds)
         if outcome is VerifyOutcome.invalidated:
             await self._threads.clear(thread.sender)
             return self._reply("sms.reply_code_expired", thread)

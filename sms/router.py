@@ -102,7 +102,10 @@ async def inbound_sms(
 def _render(services: ServicesDep, reply: Reply | None) -> str:
     if reply is None:
         return ""
-    text = services.prompts.text(reply.key, reply.language, **reply.params)
+    params = dict(reply.params)
+    if reply.wait_seconds:
+        params["wait"] = services.prompts.wait(reply.wait_seconds, reply.language)
+    text = services.prompts.text(reply.key, reply.language, **params)
     if reply.with_hours:
         # The hours are configuration; their words come from the catalogue (compact for SMS).
         hours = Schedule.from_settings(services.settings).describe(

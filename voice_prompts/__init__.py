@@ -100,6 +100,13 @@ class Catalogue:
             form = 0 if number == 1 else 1
         return forms[form].format(count=number)
 
+    def wait(self, seconds: int, language: Language) -> str:
+        """A wait in words, rounded up: minutes below two hours, else hours ("23 часа")."""
+        minutes = max(1, -(-seconds // 60))
+        if minutes < 120:
+            return self.count("hours.in_minutes", minutes, language)
+        return self.count("hours.in_hours", -(-minutes // 60), language)
+
     def _separator(self, language: Language) -> str:
         return cast(str, self._lookup("spelling.separator", language))
 

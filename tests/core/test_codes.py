@@ -21,6 +21,13 @@ def store(redis: Redis, settings: Settings) -> CodeStore:
     return CodeStore(redis, settings, Keyring(settings))
 
 
+FAILS = "fails:test-account"
+
+
+async def check(store: CodeStore, attempt_id: str, code: str) -> CodeCheck:
+    return (await store.check(attempt_id, code, FAILS)).result
+
+
 def wrong(code: str) -> str:
     return f"{(int(code) + 1) % 10**6:06d}"
 
@@ -44,7 +51,7 @@ async def everything(redis: Redis) -> str:
 
 
 async def test_codes_are_six_random_digits(store: CodeStore) -> None:
-    codes = [await store.issue(f"attempt-{i}") for i in range(50)]
+    codes = [await store.issue(f"attempt-{i}", delivered=True) for i in range(50)]
     assert all(SIX_DIGITS.fullmatch(code) for code in codes), codes
     assert len(set(codes)) > 40
 
@@ -52,7 +59,7 @@ async def test_codes_are_six_random_digits(store: CodeStore) -> None:
 async def test_code_is_stored_only_as_an_hmac(
     store: CodeStore, redis: Redis, settings: Settings
 ) -> None:
-    code = await store.issue("attempt-a")
+    code = await store.issue("attempt-a", delivered=True)
     dump = await everything(redis)
     assert "code:attempt-a" in dump
     assert code not in dump
@@ -69,71 +76,71 @@ async def test_code_is_stored_only_as_an_hmac(
 
 
 async def test_right_code_is_accepted_once(store: CodeStore) -> None:
-    code = await store.issue("attempt-a")
-    assert await store.check("attempt-a", code) is CodeCheck.accepted
-    assert await store.check("attempt-a", code) is not CodeCheck.accepted
+    code = await store.issue("attempt-a", delivered=True)
+    assert await check(store, "attempt-a", code) is CodeCheck.accepted
+    assert await check(store, "attempt-a", code) is not CodeCheck.accepted
 
 
 async def test_code_is_bound_to_its_attempt(store: CodeStore) -> None:
-    code = await store.issue("attempt-a")
-    await store.issue("attempt-b")
-    assert await store.check("attempt-c", code) is CodeCheck.missing
-    other = await store.check("attempt-b", code)
+    code = await store.issue("attempt-a", delivered=True)
+    await store.issue("attempt-b", delivered=True)
+    assert await check(store, "attempt-c", code) is CodeCheck.missing
+    other = await check(store, "attempt-b", code)
     assert other is not CodeCheck.accepted
-    assert await store.check("attempt-a", code) is CodeCheck.accepted
+    assert await check(store, "attempt-a", code) is CodeCheck.accepted
 
 
 async def test_four_wrong_entries_still_allow_the_right_one(
     store: CodeStore, settings: Settings
 ) -> None:
-    code = await store.issue("attempt-a")
+    code = await store.issue("attempt-a", delivered=True)
     for _ in range(settings.code_max_wrong - 1):
-        assert await store.check("attempt-a", wrong(code)) is CodeCheck.wrong
-    assert await store.check("attempt-a", code) is CodeCheck.accepted
+        assert await check(store, "attempt-a", wrong(code)) is CodeCheck.wrong
+    assert await check(store, "attempt-a", code) is CodeCheck.accepted
 
 
 async def test_fifth_wrong_entry_invalidates_the_code(store: CodeStore, settings: Settings) -> None:
     assert settings.code_max_wrong == 5
-    code = await store.issue("attempt-a")
-    results = [await store.check("attempt-a", wrong(code)) for _ in range(5)]
+    code = await store.issue("attempt-a", delivered=True)
+    results = [await check(store, "attempt-a", wrong(code)) for _ in range(5)]
     assert results == [CodeCheck.wrong] * 4 + [CodeCheck.exhausted]
-    assert await store.check("attempt-a", code) is not CodeCheck.accepted
+    assert await check(store, "attempt-a", code) is not CodeCheck.accepted
 
 
 @pytest.mark.parametrize("malformed", ["", "12345", "1234567", "12345a", "<>&\"'", "１２３４５６"])
 async def test_malformed_entries_never_match_and_count_as_wrong(
     store: CodeStore, malformed: str
 ) -> None:
-    code = await store.issue("attempt-a")
+    code = await store.issue("attempt-a", delivered=True)
     for _ in range(4):
-        assert await store.check("attempt-a", malformed) is CodeCheck.wrong
-    assert await store.check("attempt-a", malformed) is CodeCheck.exhausted
-    assert await store.check("attempt-a", code) is not CodeCheck.accepted
+        assert await check(store, "attempt-a", malformed) is CodeCheck.wrong
+    assert await check(store, "attempt-a", malformed) is CodeCheck.exhausted
+    assert await check(store, "attempt-a", code) is not CodeCheck.accepted
 
 
 async def test_concurrent_correct_submissions_accept_exactly_one(
     store: CodeStore, redis: Redis
 ) -> None:
-    code = await store.issue("attempt-a")
+    code = await store.issue("attempt-a", delivered=True)
     # Open 20 connections first, so the submissions really run side by side.
     await asyncio.gather(*(redis.ping() for _ in range(20)))
-    results = await asyncio.gather(*(store.check("attempt-a", code) for _ in range(20)))
+    results = await asyncio.gather(*(check(store, "attempt-a", code) for _ in range(20)))
     assert results.count(CodeCheck.accepted) == 1, results
 
 
 async def test_concurrent_wrong_submissions_are_all_counted(store: CodeStore) -> None:
-    code = await store.issue("attempt-a")
-    results = await asyncio.gather(*(store.check("attempt-a", wrong(code)) for _ in range(20)))
+    code = await store.issue("attempt-a", delivered=True)
+    results = await asyncio.gather(*(check(store, "attempt-a", wrong(code)) for _ in range(20)))
     assert results.count(CodeCheck.wrong) == 4
     assert results.count(CodeCheck.exhausted) == 1
-    assert await store.check("attempt-a", code) is not CodeCheck.accepted
+    assert await check(store, "attempt-a", code) is not CodeCheck.accepted
 
 
 async def test_code_expires_within_the_configured_time(
     store: CodeStore, redis: Redis, settings: Settings
 ) -> None:
     assert settings.code_ttl_seconds <= 600
-    await store.issue("attempt-a")
+    await store.issue("attempt-a", delivered=True)
     ttl = await redis.ttl("code:attempt-a")
     assert 0 < ttl <= settings.code_ttl_seconds
 
@@ -141,36 +148,36 @@ async def test_code_expires_within_the_configured_time(
 async def test_short_ttl_is_honoured(redis: Redis, settings: Settings) -> None:
     short = settings.model_copy(update={"code_ttl_seconds": 30})
     store = CodeStore(redis, short, Keyring(short))
-    await store.issue("attempt-a")
+    await store.issue("attempt-a", delivered=True)
     assert 0 < await redis.ttl("code:attempt-a") <= 30
 
 
 async def test_expired_code_is_missing(store: CodeStore, redis: Redis) -> None:
-    code = await store.issue("attempt-a")
+    code = await store.issue("attempt-a", delivered=True)
     await redis.delete("code:attempt-a")  # what the TTL does
-    assert await store.check("attempt-a", code) is CodeCheck.missing
+    assert await check(store, "attempt-a", code) is CodeCheck.missing
 
 
 async def test_issuing_again_replaces_the_old_code(store: CodeStore) -> None:
-    old = await store.issue("attempt-a")
-    new = await store.issue("attempt-a")
+    old = await store.issue("attempt-a", delivered=True)
+    new = await store.issue("attempt-a", delivered=True)
     while new == old:
-        new = await store.issue("attempt-a")
-    assert await store.check("attempt-a", old) is CodeCheck.wrong
-    assert await store.check("attempt-a", new) is CodeCheck.accepted
+        new = await store.issue("attempt-a", delivered=True)
+    assert await check(store, "attempt-a", old) is CodeCheck.wrong
+    assert await check(store, "attempt-a", new) is CodeCheck.accepted
 
 
 async def test_issuing_again_resets_the_wrong_count(store: CodeStore) -> None:
-    code = await store.issue("attempt-a")
+    code = await store.issue("attempt-a", delivered=True)
     for _ in range(4):
-        await store.check("attempt-a", wrong(code))
-    code = await store.issue("attempt-a")
+        await check(store, "attempt-a", wrong(code))
+    code = await store.issue("attempt-a", delivered=True)
     for _ in range(4):
-        assert await store.check("attempt-a", wrong(code)) is CodeCheck.wrong
-    assert await store.check("attempt-a", code) is CodeCheck.accepted
+        assert await check(store, "attempt-a", wrong(code)) is CodeCheck.wrong
+    assert await check(store, "attempt-a", code) is CodeCheck.accepted
 
 
 async def test_discard_invalidates(store: CodeStore) -> None:
-    code = await store.issue("attempt-a")
+    code = await store.issue("attempt-a", delivered=True)
     await store.discard("attempt-a")
-    assert await store.check("attempt-a", code) is CodeCheck.missing
+    assert await check(store, "attempt-a", code) is CodeCheck.missing

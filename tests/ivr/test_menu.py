@@ -283,6 +283,7 @@ def test_sms_texts_fit_their_segments(catalogue: Catalogue) -> None:
         "hours": 24,
         "login": "smirnova.ea.longer-login",
         "hotline": "+78005550100",
+        "wait": "119 минут",
     }
     for language in Language:
         for key in sentence_keys(catalogue, language):
@@ -427,9 +428,12 @@ def test_every_notice_renders(
     for notice in notices:
         call = sample_call(State.account_entry, language, keyring, Purpose.password)
         call.notices = [notice]
+        # A wait (when self-service opens again) is said where a notice has a place for it.
+        call.wait_seconds = 7200
         document = render(menu_settings, catalogue, call)
         texts = check_says(menu_settings, document, language)
-        assert texts[0] == catalogue.text(notice, language), notice
+        wait = catalogue.wait(7200, language)
+        assert texts[0] == catalogue.text(notice, language, wait=wait), notice
 
 
 @pytest.mark.parametrize("reason", ["caller_request", "retries_exhausted", "error", None])
