@@ -89,7 +89,8 @@ class Settings(BaseSettings):
     temp_password_ttl_hours: Annotated[int, Field(ge=1, le=168)] = 24
 
     menu_max_tries: Annotated[int, Field(ge=1, le=5)] = 3
-    failed_verifications_per_day: Annotated[int, Field(ge=1)] = 10
+    # §6.5: a cap, not a formality; above 50 a day it would no longer slow a guesser down.
+    failed_verifications_per_day: Annotated[int, Field(ge=1, le=50)] = 10
 
     # Rate limits (§6.4), sliding windows in Redis (core/ratelimit.py). A limit that trips is
     # an apology and the operator, never an error.
@@ -197,6 +198,12 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
 
+    # --- Issue 10: metrics and start-up checks (docs/operations.md "What to monitor") ------
+    # Prometheus sends it as `Authorization: Bearer …`; required outside development. Unset in
+    # development, /metrics answers loopback clients only.
+    metrics_token: SecretStr | None = None
+    # --- end of the issue 10 block --------------------------------------------------------
+
     @cached_property
     def account_number_regex(self) -> re.Pattern[str]:
         """The compiled account number pattern."""
@@ -230,14 +237,28 @@ class Settings(BaseSettings):
             raise UnsafeSettingsError(
                 "GATEWAY_TEMP_PASSWORD_ALPHABET needs at least 16 characters."
             )
-        if self.environment is Environment.production:
+        # Every environment but development is held to production's rules.
+        if self.environment is not Environment.development:
             self._refuse_unsafe_production()
         return self
 
+    def development_warnings(self) -> list[str]:
+        """What a development start-up must warn about: settings names only, never values."""
+        warnings: list[str] = []
+        if _is_placeholder_token(self.twilio_auth_token):
+            warnings.append(
+                "GATEWAY_TWILIO_AUTH_TOKEN is the public development placeholder: anyone can "
+                "sign webhooks for this gateway"
+            )
+        if self.dev_disable_signature_check:
+            warnings.append(
+                "GATEWAY_DEV_DISABLE_SIGNATURE_CHECK is on: webhooks are not authenticated"
+            )
+        return warnings
+
     def _refuse_unsafe_production(self) -> None:
         problems: list[str] = []
-        token = self.twilio_auth_token.get_secret_value()
-        if token.lower() in PLACEHOLDER_SECRETS or token == DEV_AUTH_TOKEN:
+        if _is_placeholder_token(self.twilio_auth_token):
             problems.append("GATEWAY_TWILIO_AUTH_TOKEN is a placeholder")
         key = self.secret_key.get_secret_value()
         if key.lower() in PLACEHOLDER_SECRETS or key == DEV_SECRET_KEY or len(key) < 32:
@@ -250,7 +271,17 @@ class Settings(BaseSettings):
             problems.append("GATEWAY_REDIS_URL=memory:// is for the demo only")
         if not self.public_base_url.startswith("https://"):
             problems.append("GATEWAY_PUBLIC_BASE_URL must be the https:// address Twilio calls")
+        metrics = self.metrics_token.get_secret_value() if self.metrics_token else ""
+        if metrics.lower() in PLACEHOLDER_SECRETS or len(metrics) < 32:
+            problems.append(
+                "GATEWAY_METRICS_TOKEN must be a random value of at least 32 characters"
+            )
         if problems:
             raise UnsafeSettingsError(
-                "Refusing to start in production: " + "; ".join(problems) + "."
+                f"Refusing to start in {self.environment.value}: " + "; ".join(problems) + "."
             )
+
+
+def _is_placeholder_token(token: SecretStr) -> bool:
+    value = token.get_secret_value()
+    return value.lower() in PLACEHOLDER_SECRETS or value == DEV_AUTH_TOKEN

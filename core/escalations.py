@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.crypto import Keyring
 from core.db import utcnow
-from core.models import Escalation, EscalationKind, EscalationStatus
+from core.models import CALLER_ID_CHARS, Escalation, EscalationKind, EscalationStatus
 from core.phones import mask_account
 
 ContextValue = str | int | bool | None
@@ -48,12 +48,16 @@ class Escalations:
         attempts: int = 0,
         **context: ContextValue,
     ) -> Escalation:
-        """Record a case; `context` must hold no secrets."""
+        """Record a case; `context` must hold no secrets.
+
+        `phone` is the number to call back as Twilio gave it (a `sip:` URI or `client:` identity
+        too); anything wider than the column is cut, never refused: the case matters more.
+        """
         escalation = Escalation(
             kind=kind,
             channel=channel,
             session_ref=session_ref,
-            phone=phone,
+            phone=phone[:CALLER_ID_CHARS],
             reason=reason,
             account_ref=self._keyring.reference(account_number) if account_number else None,
             account_masked=mask_account(account_number) if account_number else None,

@@ -10,6 +10,10 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db import Base, utcnow
 
+# A caller ID as Twilio gives it: an E.164 number, but also a `sip:` URI or a `client:` identity.
+# The voice webhooks keep at most this much of `From`, and the columns that store it are as wide.
+CALLER_ID_CHARS = 64
+
 
 class LineType(StrEnum):
     mobile = "mobile"
@@ -199,7 +203,7 @@ class Escalation(Base):
     channel: Mapped[str] = mapped_column(String(16))
     session_ref: Mapped[str] = mapped_column(String(64), default="", index=True)
     # The resident's number, to call back; shown masked except to the operator working the case.
-    phone: Mapped[str] = mapped_column(String(20), default="")
+    phone: Mapped[str] = mapped_column(String(CALLER_ID_CHARS), default="")
     account_ref: Mapped[str | None] = mapped_column(String(64), index=True)
     account_masked: Mapped[str | None] = mapped_column(String(32))
     purpose: Mapped[str | None] = mapped_column(String(16))

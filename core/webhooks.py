@@ -8,6 +8,7 @@ from collections.abc import Callable
 import structlog
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from core.metrics import WEBHOOK_SECONDS
@@ -23,7 +24,9 @@ def fallback_route(fallback: Fallback) -> type[APIRoute]:
 
     The guard wraps the route's `handle`, outside FastAPI's dependency exit stacks, so an
     exception first passes through the request's transaction (which rolls back) and only then
-    becomes the fallback answer. HTTPExceptions never get here: FastAPI turns them into 4xx.
+    becomes the fallback answer. HTTP refusals are not failures: Starlette's own (a method other
+    than POST → 405 with `Allow`, §6.16) is raised from this very `handle` and passes through
+    untouched, to be answered as the 4xx it is, with no TwiML and no error logged.
     """
 
     class GuardedRoute(APIRoute):
@@ -31,6 +34,9 @@ def fallback_route(fallback: Fallback) -> type[APIRoute]:
             started = time.perf_counter()
             try:
                 await super().handle(scope, receive, send)
+            except HTTPException as refusal:
+                log.info("webhook.refused", method=scope.get("method"), status=refusal.status_code)
+                raise
             except Exception as exc:
                 request = Request(scope)
                 log.error("webhook.failed", path=request.url.path, error=type(exc).__name__)

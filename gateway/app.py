@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
 import structlog
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -24,6 +25,8 @@ from sms.router import router as sms_router
 
 log = structlog.get_logger(__name__)
 
+
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
 SWEEP_INTERVAL_SECONDS = 30
 # The sweeper wakes for a retry that falls due sooner, but not more often than this.
@@ -56,6 +59,9 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Outside development these refuse to start (core/config.py); here they are loud.
+        for warning in settings.development_warnings():
+            log.warning("startup.unsafe_setting", warning=warning)
         services = Services.build(settings, messenger=messenger)
         app.state.services = services
         purger = asyncio.create_task(_sweep_outbox(services))
@@ -125,8 +131,26 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
         return "ready"
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        """Prometheus metrics."""
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics: with GATEWAY_METRICS_TOKEN, to the bearer of that token only
+        (401 otherwise); without one (development only), to loopback clients only (404)."""
+        token = settings.metrics_token
+        if token is None:
+            client = request.client.host if request.client else ""
+            if client not in LOOPBACK:
+                return Response(status_code=404)
+        elif not _bearer_matches(
+            request.headers.get("authorization", ""), token.get_secret_value()
+        ):
+            log.warning("metrics.unauthorized")
+            return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _bearer_matches(header: str, token: str) -> bool:
+    """Whether an Authorization header carries this bearer token (compared in constant time)."""
+    scheme, _, credentials = header.partition(" ")
+    presented = credentials.strip().encode() if scheme.lower() == "bearer" else b""
+    return hmac.compare_digest(presented, token.encode())

@@ -15,7 +15,7 @@ from core.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequ
 from core.escalations import Escalations, Outcome
 from core.hours import Schedule, utc_now
 from core.metrics import TRANSFER_OUTCOMES
-from core.models import Escalation, EscalationKind, EscalationStatus
+from core.models import CALLER_ID_CHARS, Escalation, EscalationKind, EscalationStatus
 from core.services import Services
 from core.twilio_security import TwilioForm
 from core.webhooks import fallback_route
@@ -115,7 +115,7 @@ async def incoming_call(form: TwilioRequest, services: ServicesDep, flow: Flow) 
     """A new call: greeting and main menu in one prompt."""
     call_sid = _call_sid(form)
     store = _store(services)
-    call = CallSession(call_sid=call_sid, caller=form.get("From")[:32])
+    call = CallSession(call_sid=call_sid, caller=form.get("From")[:CALLER_ID_CHARS])
     if not await store.create(call):
         # A retried first webhook: answer the same, start nothing twice.
         call = await store.load(call_sid) or call
@@ -165,7 +165,7 @@ async def verification_call(
         return _render(services, existing)
     call = await flow.open_verification_call(call_sid, attempt_id)
     # The resident is the called party here: an operator would call them back on it.
-    call.caller = form.get("To")[:32]
+    call.caller = form.get("To")[:CALLER_ID_CHARS]
     if call.state is State.verify_greeting:
         await store.create(call)
     return _render(services, call)
@@ -325,7 +325,7 @@ async def queue_result(
         await _update_case(services, call_sid, _abandoned)
         return _show(services, Screen(ending=Ending.hangup))
     if result == "leave":
-        caller = form.get("From")[:32]
+        caller = form.get("From")[:CALLER_ID_CHARS]
         return await _callback_from_queue(services, db, call_sid, caller, _language(language))
     # queue-full, error, system-error, redirected: nobody will answer from this queue.
     await _update_case(services, call_sid, _unanswered)

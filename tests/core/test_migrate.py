@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from redis.asyncio import Redis
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from core.config import Settings
@@ -123,3 +123,26 @@ async def test_voice_recovery_on_postgresql(
             await call.press(messenger.to(MOBILE)[-1].body.split("код ")[1][:6])
     assert "Готово" in call.text
     assert "временный пароль" in messenger.to(MOBILE)[-1].body
+
+
+async def test_wider_caller_ids_downgrade_with_a_long_caller_id_stored(database_url: str) -> None:
+    """A case whose callback number is a SIP URI (wider than the old column) survives the
+    downgrade of b2e7ca11e1d2, cut to the old width, instead of blocking it on PostgreSQL."""
+    await upgrade_database(database_url, "b2e7ca11e1d2")
+    engine = create_engine(database_url)
+    sip = "sip:alice.ivanova@pbx.eirc.example.ru"
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO escalations (created_at, kind, channel, session_ref, phone,"
+                " attempts, reason, context, status, verification)"
+                " VALUES (CURRENT_TIMESTAMP, 'transfer', 'voice', 'CA1', :phone, 0,"
+                " 'caller_request', '{}', 'waiting', 'none')"
+            ),
+            {"phone": sip},
+        )
+    await asyncio.to_thread(downgrade_database, database_url, "b2e7ca11e1d2-1")
+    async with engine.connect() as connection:
+        assert await connection.scalar(text("SELECT phone FROM escalations")) == sip[:20]
+    await upgrade_database(database_url)
+    await engine.dispose()

@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from core.config import Settings
+from core.models import CALLER_ID_CHARS
 from core.phones import mask_account
 from core.recovery import RecoveryService
 from ivr.menu import State
@@ -422,3 +423,47 @@ async def test_a_crash_transfers_without_a_case_or_says_the_hours(
         assert call.twiml.find("Dial") is None and call.verbs()[-1] == "Hangup"
         assert "с понедельника по пятницу с 8:00 до 20:00" in call.text
     assert await stored_cases(gateway.settings) == []
+
+
+# -- caller IDs as Twilio gives them ---------------------------------------------------------
+
+SIP_32 = "sip:alice.ivanova@pbx.eirc.ru:56"  # 32 characters, wider than a phone number
+CLIENT_ID = "client:resident-desk-0123456789"  # a Twilio Client identity (31 characters)
+SIP_64 = "sip:" + "m" * 43 + "@pbx.eirc.example"  # the widest caller ID stored whole
+CALLER_IDS = [SIP_32, CLIENT_ID, SIP_64, "client:alice"]
+
+
+@pytest.mark.parametrize("caller", CALLER_IDS)
+async def test_a_caller_id_that_is_not_a_phone_number_still_reaches_the_operator(
+    gateway: Gateway, caller: str
+) -> None:
+    assert len(SIP_32) == 32 and len(SIP_64) == 64
+    call = await at_main_menu(gateway, caller)
+    await call.press("0")
+    assert ru("voice.operator_transfer") in call.text
+    assert_transfer_twiml(call, gateway)
+    case = await one_case(gateway)
+    assert (case.kind, case.status, case.reason) == ("transfer", "waiting", "caller_request")
+    assert case.phone == caller
+
+
+@pytest.mark.parametrize("caller", [SIP_32, CLIENT_ID])
+async def test_a_long_caller_id_can_leave_a_callback_after_hours(
+    gateway: Gateway, caller: str
+) -> None:
+    set_clock(gateway, CLOSED_NOW)
+    call = await at_main_menu(gateway, caller)
+    await call.press("0")
+    await call.press("1")
+    assert ru("voice.callback_accepted") in call.text
+    case = await one_case(gateway)
+    assert (case.kind, case.phone) == ("callback", caller)
+
+
+async def test_an_overlong_caller_id_is_cut_to_the_column_not_refused(gateway: Gateway) -> None:
+    garbage = "sip:" + "x" * 300 + "@example.com"
+    call = await at_main_menu(gateway, garbage)
+    await call.press("0")
+    assert ru("voice.operator_transfer") in call.text
+    case = await one_case(gateway)
+    assert case.phone == garbage[:CALLER_ID_CHARS]

@@ -392,6 +392,7 @@ SAFE_PRODUCTION: dict[str, object] = {
     "secret_key": "key-" + "b81e4d" * 8,
     "redis_url": "redis://redis.internal:6379/0",
     "public_base_url": PUBLIC_BASE_URL,
+    "metrics_token": "mtr-" + "5c2e8a" * 6,
 }
 
 
