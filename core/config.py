@@ -27,6 +27,11 @@ class MessengerKind(StrEnum):
     outbox = "outbox"
 
 
+class DirectoryKind(StrEnum):
+    sql = "sql"  # the gateway's own tables, filled by `accounts import`
+    http = "http"  # the personal cabinet's directory API (§11)
+
+
 class OperatorRoute(StrEnum):
     dial = "dial"  # <Dial> the operator's number or SIP URI
     enqueue = "enqueue"  # <Enqueue> into a named queue that operators dequeue
@@ -195,6 +200,20 @@ class Settings(BaseSettings):
     # On shutdown, how long in-flight sends may take to finish; unsent rows stay queued.
     outbox_shutdown_grace_seconds: Annotated[float, Field(ge=0, le=60)] = 10.0
 
+    # --- The accounts directory (§7, §11; docs/cabinet-api.md) ---------------------------------
+    directory: DirectoryKind = DirectoryKind.sql
+    # The cabinet's API base URL without a trailing slash, e.g. https://cabinet.internal/recovery/v1
+    directory_url: str = ""
+    directory_secret: SecretStr = SecretStr("")
+    directory_timeout_seconds: Annotated[float, Field(gt=0, le=5)] = 2.0
+    # Every look-up takes at least this long, so the cabinet's timing tells nothing (§6.2).
+    directory_min_lookup_ms: Annotated[int, Field(ge=0, le=3000)] = 300
+    # Mutual TLS (optional): the gateway's client certificate and key, and the cabinet's CA.
+    directory_client_cert: str | None = None
+    directory_client_key: str | None = None
+    directory_ca: str | None = None
+    # --- end of the accounts directory block ------------------------------------------------
+
     log_json: bool = False
     log_level: str = "INFO"
 
@@ -233,6 +252,8 @@ class Settings(BaseSettings):
                 "GATEWAY_REDIS_URL=memory:// keeps state inside one process; "
                 "set a real Redis URL to run more than one worker."
             )
+        if self.directory is DirectoryKind.http:
+            self._check_directory()
         if len(set(self.temp_password_alphabet)) < 16:
             raise UnsafeSettingsError(
                 "GATEWAY_TEMP_PASSWORD_ALPHABET needs at least 16 characters."
@@ -255,6 +276,23 @@ class Settings(BaseSettings):
                 "GATEWAY_DEV_DISABLE_SIGNATURE_CHECK is on: webhooks are not authenticated"
             )
         return warnings
+
+    def _check_directory(self) -> None:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", self.directory_url):
+            raise UnsafeSettingsError(
+                "GATEWAY_DIRECTORY=http needs GATEWAY_DIRECTORY_URL, the cabinet API's base URL, "
+                "e.g. https://cabinet.internal/recovery/v1."
+            )
+        if len(self.directory_secret.get_secret_value()) < 32:
+            raise UnsafeSettingsError(
+                "GATEWAY_DIRECTORY_SECRET must be the secret shared with the cabinet, "
+                "at least 32 characters."
+            )
+        if bool(self.directory_client_cert) != bool(self.directory_client_key):
+            raise UnsafeSettingsError(
+                "Mutual TLS needs both GATEWAY_DIRECTORY_CLIENT_CERT and "
+                "GATEWAY_DIRECTORY_CLIENT_KEY."
+            )
 
     def _refuse_unsafe_production(self) -> None:
         problems: list[str] = []

@@ -1,0 +1,235 @@
+"""The HTTP directory (§11) against a scripted cabinet: signatures, answers, retries, padding."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from core.accounts_http import (
+    Applied,
+    CabinetClient,
+    CabinetUnavailable,
+    HttpAccountDirectory,
+    PasswordNotSet,
+    TemporaryPassword,
+    signature,
+)
+from core.config import DirectoryKind, Settings, UnsafeSettingsError
+
+SECRET = "0123456789abcdef0123456789abcdef"
+BASE = "https://cabinet.internal/recovery/v1"
+EXAMPLE = TemporaryPassword(
+    password="k7mz2p9rbt",
+    expires_at=datetime(2026, 1, 1, 1, 0, tzinfo=UTC),
+    channel="voice",
+    reference="r-5f1c2a9e",
+)
+
+
+def test_the_worked_example_of_section_11() -> None:
+    """Both signatures of DESIGN §11's worked example, and the body byte for byte."""
+    body = EXAMPLE.body()
+    assert body == (
+        b'{"password":"k7mz2p9rbt","expires_at":"2026-01-01T01:00:00Z","must_change":true,'
+        b'"channel":"voice","reference":"r-5f1c2a9e"}'
+    )
+    target = "/recovery/v1/accounts/1000234528"
+    assert signature(SECRET, 1767225600, "GET", target, b"") == (
+        "v1=04ba4d2a07cc2fe7397979a8ef3a3320c8eb575155b4ebc42e6a78b46e6e4508"
+    )
+    assert signature(SECRET, 1767225600, "PUT", target + "/temporary-password", body) == (
+        "v1=57cf08d4f6d218740b2ccb93bdd06bc33ef667209d8d561b4a51c4f786794abb"
+    )
+
+
+def settings(**overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "directory": DirectoryKind.http,
+        "directory_url": BASE,
+        "directory_secret": SecretStr(SECRET),
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"directory_url": ""},
+        {"directory_url": "cabinet.internal"},
+        {"directory_secret": SecretStr("short")},
+        {"directory_client_cert": "/etc/cert.pem"},
+    ],
+    ids=["no-url", "no-scheme", "short-secret", "cert-without-key"],
+)
+def test_an_unusable_http_directory_is_refused_at_start_up(overrides: dict[str, object]) -> None:
+    with pytest.raises(UnsafeSettingsError) as refused:
+        settings(**overrides)
+    assert SECRET not in str(refused.value)
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Cabinet:
+    """A scripted cabinet: answers from a list, records what it was sent, checks signatures."""
+
+    def __init__(self, *answers: httpx.Response | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        timestamp = int(request.headers["X-EIRC-Timestamp"])
+        target = request.url.raw_path.decode()
+        expected = signature(SECRET, timestamp, request.method, target, request.content)
+        assert request.headers["X-EIRC-Signature"] == expected
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+def directory(cabinet: Cabinet, **overrides: object) -> tuple[HttpAccountDirectory, Sleeps]:
+    sleeps = Sleeps()
+    config = settings(**overrides)
+    client = CabinetClient(
+        config, transport=httpx.MockTransport(cabinet), clock=lambda: 1767225600, sleep=sleeps
+    )
+    ticks = iter(range(1000))
+    # A monotonic clock that moves 10 ms a reading: the look-up "took" one tick.
+    return HttpAccountDirectory(
+        client, config, monotonic=lambda: next(ticks) / 100, sleep=sleeps
+    ), sleeps
+
+
+def account(status: str = "active", phones: object = ("+79123456789",)) -> httpx.Response:
+    return httpx.Response(
+        200,
+        json={
+            "account_number": "1000234528",
+            "login": "ivanova.mv",
+            "phones": list(phones) if isinstance(phones, tuple) else phones,
+            "email": None,
+            "status": status,
+            "extra": "ignored",
+        },
+    )
+
+
+async def test_a_lookup_is_signed_and_parsed() -> None:
+    cabinet = Cabinet(account(phones=("8 (912) 345-67-89", "not a phone", "+74951234567")))
+    found, _ = directory(cabinet)
+    record = await found.lookup("1000234528")
+    assert record is not None and record.login == "ivanova.mv"
+    assert [phone.e164 for phone in record.phones] == ["+79123456789", "+74951234567"]
+    assert record.first_mobile is not None
+    (request,) = cabinet.requests
+    assert str(request.url) == f"{BASE}/accounts/1000234528"
+    # Asked once per request, however often the flow looks.
+    assert await found.lookup("1000234528") == record
+    assert len(cabinet.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(404, json={"error": "not_found"}),
+        account(status="disabled"),
+        account(status="closed"),
+    ],
+    ids=["unknown", "disabled", "other-status"],
+)
+async def test_unknown_and_disabled_read_the_same(answer: httpx.Response) -> None:
+    found, _ = directory(Cabinet(answer))
+    assert await found.lookup("1000234528") is None
+
+
+async def test_every_lookup_is_padded_to_the_minimum() -> None:
+    """§6.2: the look-up took 10 ms here; the directory waits out the other 290."""
+    found, sleeps = directory(Cabinet(httpx.Response(404)), directory_min_lookup_ms=300)
+    await found.lookup("1")
+    assert sleeps.slept == [pytest.approx(0.29)]
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [httpx.Response(401)],
+        [httpx.Response(503)] * 3,
+        [httpx.Response(429)] * 3,
+        [httpx.ReadTimeout("slow")] * 3,
+        [httpx.ConnectError("down")] * 3,
+        [httpx.Response(200, content=b"not json")],
+    ],
+    ids=["401", "503", "429", "timeout", "down", "garbage"],
+)
+async def test_a_cabinet_that_cannot_answer_is_unavailable_not_unknown(
+    answers: list[httpx.Response | Exception],
+) -> None:
+    cabinet = Cabinet(*answers)
+    found, _ = directory(cabinet)
+    with pytest.raises(CabinetUnavailable):
+        await found.lookup("1000234528")
+    # Retried at most twice more, and a 401 not at all.
+    assert len(cabinet.requests) == (1 if len(answers) == 1 else 3)
+
+
+async def test_transient_failures_are_retried_with_the_same_key() -> None:
+    cabinet = Cabinet(httpx.Response(503), httpx.Response(409), httpx.Response(204))
+    found, _ = directory(cabinet)
+    assert await found.issue_temporary_password("1000234528", EXAMPLE) is Applied.applied
+    assert [r.headers["Idempotency-Key"] for r in cabinet.requests] == ["r-5f1c2a9e"] * 3
+    assert {r.content for r in cabinet.requests} == {EXAMPLE.body()}
+    body = json.loads(cabinet.requests[0].content)
+    assert body["reference"] == cabinet.requests[0].headers["Idempotency-Key"]
+    assert body["must_change"] is True
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (httpx.Response(404, json={"error": "not_found"}), "404 not_found"),
+        (httpx.Response(403, json={"error": "disabled"}), "403 disabled"),
+        (httpx.Response(422, json={"error": "password_policy"}), "422 password_policy"),
+        (httpx.Response(401), "401"),
+        (httpx.Response(500), "500"),
+    ],
+)
+async def test_a_definite_refusal_sets_nothing(answer: httpx.Response, reason: str) -> None:
+    found, _ = directory(Cabinet(answer))
+    with pytest.raises(PasswordNotSet) as refused:
+        await found.issue_temporary_password("1000234528", EXAMPLE)
+    assert refused.value.reason == reason
+    assert EXAMPLE.password not in str(refused.value)
+
+
+async def test_a_time_out_is_ambiguous() -> None:
+    """The PUT may have been applied: the caller delivers, and the PUT is settled later."""
+    found, _ = directory(Cabinet(httpx.ReadTimeout("slow")))
+    assert await found.issue_temporary_password("1000234528", EXAMPLE) is Applied.ambiguous
+
+
+async def test_a_connection_refused_is_not_ambiguous() -> None:
+    found, _ = directory(Cabinet(httpx.ConnectError("refused")))
+    with pytest.raises(PasswordNotSet):
+        await found.issue_temporary_password("1000234528", EXAMPLE)
+
+
+def test_reprs_hold_no_secret() -> None:
+    config = settings()
+    assert EXAMPLE.password not in repr(EXAMPLE)
+    assert SECRET not in repr(CabinetClient(config)) and SECRET not in repr(config)
