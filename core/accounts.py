@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
@@ -96,6 +97,69 @@ class PasswordChangeRefused(ValueError):
         self.reason = reason
 
 
+class DirectoryUnavailable(RuntimeError):
+    """The directory did not answer usably (the cabinet down, 5xx after retries, 401, garbage).
+
+    The caller hears the apology and is offered the operator; never "unknown account".
+    """
+
+
+class PasswordNotSet(RuntimeError):
+    """The directory definitely did not set the temporary password; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the cabinet did not set the temporary password: {reason}")
+        self.reason = reason
+
+
+class Applied(StrEnum):
+    """A temporary password the directory stored, or one it may have (a cabinet's time-out)."""
+
+    applied = "applied"
+    # The outcome is unknown after the retries: the password is delivered anyway (§6.13
+    # forbids leaving the resident with neither) and the same PUT is retried until settled.
+    ambiguous = "ambiguous"
+
+
+@dataclass(frozen=True, slots=True)
+class TemporaryPassword:
+    """What the gateway hands the directory (§5, §11): the password is the gateway's own."""
+
+    password: str
+    expires_at: datetime
+    channel: str
+    reference: str
+
+    def __repr__(self) -> str:
+        return f"TemporaryPassword({self.channel}, {self.reference})"
+
+    def body(self) -> bytes:
+        """The PUT body: compact JSON, non-ASCII escaped, so the signed bytes survive (§11)."""
+        return json.dumps(
+            {
+                "password": self.password,
+                "expires_at": self.expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "must_change": True,
+                "channel": self.channel,
+                "reference": self.reference,
+            },
+            separators=(",", ":"),
+            ensure_ascii=True,
+        ).encode("ascii")
+
+
+def new_temporary_password(
+    settings: Settings, *, channel: str, reference: str, now: datetime | None = None
+) -> TemporaryPassword:
+    """A fresh temporary password (§5) for the directory to store, valid for the set hours."""
+    return TemporaryPassword(
+        password=generate_temporary_password(settings),
+        expires_at=(now or utcnow()) + timedelta(hours=settings.temp_password_ttl_hours),
+        channel=channel,
+        reference=reference,
+    )
+
+
 class AccountDirectory(Protocol):
     """Where accounts and their cabinet passwords live (§5)."""
 
@@ -103,8 +167,14 @@ class AccountDirectory(Protocol):
         """The account with this number, or None."""
         ...
 
-    async def issue_temporary_password(self, account_number: str) -> str:
-        """Replace the account's password with a new temporary one and return it, once."""
+    async def issue_temporary_password(
+        self, account_number: str, temporary: TemporaryPassword
+    ) -> Applied:
+        """Make `temporary` the account's only password (revoking the previous one).
+
+        Raises PasswordNotSet when it definitely was not set, DirectoryUnavailable when the
+        directory could not be asked; Applied.ambiguous when it may or may not have been.
+        """
         ...
 
     async def verify_password(self, account_number: str, password: str) -> PasswordCheck:
@@ -164,8 +234,10 @@ class SqlAccountDirectory:
             phones=phones,
         )
 
-    async def issue_temporary_password(self, account_number: str) -> str:
-        """Replace the account's password with a new temporary one and return it, once."""
+    async def issue_temporary_password(
+        self, account_number: str, temporary: TemporaryPassword
+    ) -> Applied:
+        """Store the temporary password's hash, revoking the previous password."""
         number = account_number.strip()
         stmt = (
             select(Account)
@@ -174,10 +246,10 @@ class SqlAccountDirectory:
         )
         account = (await self._session.scalars(stmt)).one_or_none()
         if account is None:
-            raise UnknownAccount(number)
-        password = generate_temporary_password(self._settings)
+            raise PasswordNotSet("not_found")
+        password = temporary.password
         now = self._clock()
-        expires_at = now + timedelta(hours=self._settings.temp_password_ttl_hours)
+        expires_at = temporary.expires_at
         credential = account.credential
         if credential is None:
             account.credential = Credential(
@@ -195,7 +267,7 @@ class SqlAccountDirectory:
             credential.used_at = None
             credential.changed_at = now
         await self._session.flush()
-        return password
+        return Applied.applied
 
     async def verify_password(self, account_number: str, password: str) -> PasswordCheck:
         """Whether the password opens the account, and whether it must be changed."""

@@ -14,7 +14,6 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -23,9 +22,22 @@ from urllib.parse import quote
 import httpx
 import structlog
 from prometheus_client import Counter, Histogram
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.accounts import AccountRecord, PasswordCheck
+from core.accounts import (
+    AccountRecord,
+    Applied,
+    DirectoryUnavailable,
+    PasswordCheck,
+    PasswordNotSet,
+    TemporaryPassword,
+)
 from core.config import Settings
+from core.crypto import Keyring
+from core.db import transaction, utcnow
+from core.delivery import CABINET_PENDING
+from core.models import OutboundChannel, OutboxMessage
 from core.phones import InvalidPhoneNumber, Phone, mask_account, parse_phone
 
 log = structlog.get_logger(__name__)
@@ -64,57 +76,6 @@ CABINET_SECONDS = Histogram(
 for _operation in ("lookup", "set_password"):
     for _outcome in CabinetOutcome:
         CABINET_REQUESTS.labels(operation=_operation, outcome=_outcome)
-
-
-class CabinetUnavailable(RuntimeError):
-    """The cabinet did not answer usably (down, 5xx after retries, 401, a broken answer).
-
-    The caller hears the apology and is offered the operator; never "unknown account".
-    """
-
-
-class PasswordNotSet(RuntimeError):
-    """The cabinet definitely did not set the temporary password; `reason` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"the cabinet did not set the temporary password: {reason}")
-        self.reason = reason
-
-
-class Applied(StrEnum):
-    """A temporary password the cabinet stored (204), or one it may have (time-out)."""
-
-    applied = "applied"
-    # The outcome is unknown after the retries: the password is delivered anyway (§6.13
-    # forbids leaving the resident with neither) and the same PUT is retried until settled.
-    ambiguous = "ambiguous"
-
-
-@dataclass(frozen=True, slots=True)
-class TemporaryPassword:
-    """What the gateway hands the cabinet (§11): the password is the gateway's own (§5)."""
-
-    password: str
-    expires_at: datetime
-    channel: str
-    reference: str
-
-    def __repr__(self) -> str:
-        return f"TemporaryPassword({self.channel}, {self.reference})"
-
-    def body(self) -> bytes:
-        """The PUT body: compact JSON, non-ASCII escaped, so the signed bytes survive (§11)."""
-        return json.dumps(
-            {
-                "password": self.password,
-                "expires_at": self.expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "must_change": True,
-                "channel": self.channel,
-                "reference": self.reference,
-            },
-            separators=(",", ":"),
-            ensure_ascii=True,
-        ).encode("ascii")
 
 
 def signature(secret: str, timestamp: int, method: str, target: str, body: bytes) -> str:
@@ -175,9 +136,13 @@ class CabinetClient:
         self, account_number: str, temporary: TemporaryPassword
     ) -> httpx.Response:
         """PUT the temporary password, idempotent by its reference, with the retries of §11."""
+        return await self.put_raw(account_number, temporary.reference, temporary.body())
+
+    async def put_raw(self, account_number: str, reference: str, body: bytes) -> httpx.Response:
+        """PUT a temporary-password body as it was first sent (the settler repeats it)."""
         url = self.account_url(account_number, "/temporary-password")
-        headers = {"Idempotency-Key": temporary.reference, "Content-Type": "application/json"}
-        return await self._send("set_password", "PUT", url, temporary.body(), headers)
+        headers = {"Idempotency-Key": reference, "Content-Type": "application/json"}
+        return await self._send("set_password", "PUT", url, body, headers)
 
     async def ping(self) -> bool:
         """Whether the cabinet answers a signed request at all (for /readyz): any non-5xx."""
@@ -295,11 +260,11 @@ class HttpAccountDirectory:
         try:
             response = await self._client.get(number)
         except httpx.HTTPError as exc:
-            raise CabinetUnavailable(f"cabinet look-up failed: {type(exc).__name__}") from None
+            raise DirectoryUnavailable(f"cabinet look-up failed: {type(exc).__name__}") from None
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise CabinetUnavailable(f"cabinet look-up answered {response.status_code}")
+            raise DirectoryUnavailable(f"cabinet look-up answered {response.status_code}")
         try:
             data: Any = response.json()
             if not isinstance(data, dict):
@@ -314,7 +279,7 @@ class HttpAccountDirectory:
                 phones=_phones(data.get("phones"), self._region),
             )
         except (ValueError, TypeError):
-            raise CabinetUnavailable("cabinet look-up answered an unreadable body") from None
+            raise DirectoryUnavailable("cabinet look-up answered an unreadable body") from None
 
     async def issue_temporary_password(
         self, account_number: str, temporary: TemporaryPassword
@@ -379,13 +344,84 @@ def _error_code(response: httpx.Response) -> str:
 
 __all__ = [
     "CABINET_REQUESTS",
-    "Applied",
     "CabinetClient",
     "CabinetOutcome",
-    "CabinetUnavailable",
+    "CabinetSettler",
     "HttpAccountDirectory",
-    "PasswordNotSet",
-    "TemporaryPassword",
     "request_target",
     "signature",
 ]
+
+
+class CabinetSettler:
+    """Repeats the PUTs whose outcome was unknown until the cabinet answers (§11).
+
+    A held PUT is an outbox row (channel `cabinet`, status `pending`) with the sealed body as
+    first sent: the same bytes and the same Idempotency-Key, so the cabinet applies it once.
+    """
+
+    def __init__(
+        self,
+        client: CabinetClient,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        keyring: Keyring,
+    ) -> None:
+        self._client = client
+        self._sessionmaker = sessionmaker
+        self._keyring = keyring
+
+    async def settle(self, limit: int = 20) -> int:
+        """Try the pending PUTs once each; how many were settled (either way)."""
+        now = utcnow()
+        async with transaction(self._sessionmaker) as session:
+            rows = (
+                await session.scalars(
+                    select(OutboxMessage)
+                    .where(
+                        OutboxMessage.channel == OutboundChannel.cabinet,
+                        OutboxMessage.status == CABINET_PENDING,
+                    )
+                    .order_by(OutboxMessage.id)
+                    .limit(limit)
+                )
+            ).all()
+            settled = 0
+            for row in rows:
+                settled += await self._settle(row, now)
+        return settled
+
+    async def _settle(self, row: OutboxMessage, now: datetime) -> int:
+        row.attempts += 1
+        if row.send_before is not None and _aware(row.send_before) <= now:
+            # The password has expired: whatever the cabinet did, it opens nothing any more.
+            self._close(row, "expired")
+            log.error("cabinet.unsettled", reason="expired")
+            return 1
+        body = self._keyring.unseal(row.body) or ""
+        reference = json.loads(body)["reference"] if body else ""
+        temporary_body = body.encode("ascii")
+        try:
+            response = await self._client.put_raw(row.to_number, reference, temporary_body)
+        except httpx.HTTPError:
+            return 0
+        if response.status_code == 204:
+            self._close(row, "applied", status="sent")
+            log.info("cabinet.settled", account=mask_account(row.to_number))
+            return 1
+        if _classify(response) is CabinetOutcome.retry:
+            return 0
+        # A definite refusal after the password was delivered: the resident holds a password
+        # the cabinet does not know, and keeps the old one. An operator must call them.
+        self._close(row, _error_code(response))
+        log.error("cabinet.unsettled", reason=_error_code(response))
+        return 1
+
+    @staticmethod
+    def _close(row: OutboxMessage, reason: str, *, status: str = "failed") -> None:
+        row.status = status
+        row.reason = reason[:32]
+        row.body = ""
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -182,6 +182,9 @@ FAILED_STATUSES = frozenset({"undelivered", "failed"})
 DELIVERED_STATUSES = frozenset({"delivered", "read"})
 # Texts that carry a secret: purged once delivered, or once the secret has expired anyway.
 SECRET_PURPOSES = frozenset({"code", "password"})
+# The status of a held cabinet PUT: outside the dispatcher's "queued", so only the settler sees it.
+CABINET_PENDING = "pending"
+
 # Messages that hand a resident a code (the SMS, or the call that speaks one): never late.
 CODE_PURPOSES = frozenset({"code", "code_call"})
 
@@ -301,6 +304,23 @@ class Delivery:
         await self._queue(channel, "", purpose, body=body, url=url, status="withheld")
         return False
 
+    async def hold_for_cabinet(self, account_number: str, put_body: str, until: datetime) -> None:
+        """Keep a PUT whose outcome is unknown, for the cabinet settler to repeat (§11)."""
+        self._session.add(
+            OutboxMessage(
+                idempotency_key=secrets.token_hex(16),
+                send_before=until,
+                channel=OutboundChannel.cabinet,
+                to_number=account_number,
+                from_number="",
+                # The body holds the password: sealed at rest, blanked once settled.
+                body=self._keyring.seal(put_body),
+                purpose="cabinet_password",
+                status=CABINET_PENDING,
+            )
+        )
+        await self._session.flush()
+
     async def email(self, to: str, body: str, purpose: str) -> bool:
         """Queue an e-mail notice for the billing centre's mailer."""
         await self._queue(OutboundChannel.email, to, purpose, body=body)
@@ -369,6 +389,7 @@ async def purge_expired_secrets(session: AsyncSession, settings: Settings) -> in
     horizons = {
         "code": now - timedelta(seconds=settings.code_ttl_seconds),
         "password": now - timedelta(hours=settings.temp_password_ttl_hours),
+        "cabinet_password": now - timedelta(hours=settings.temp_password_ttl_hours),
     }
     purged = 0
     for purpose, horizon in horizons.items():

@@ -25,6 +25,9 @@ class OutboundChannel(StrEnum):
     sms = "sms"
     call = "call"
     email = "email"
+    # A temporary password the cabinet may not have stored (a time-out, §11): the same PUT,
+    # retried by core/accounts_http.py until the cabinet answers. Never the dispatcher's.
+    cabinet = "cabinet"
 
 
 def _enum(enum_type: type[StrEnum], name: str) -> Enum:

@@ -11,7 +11,13 @@ from enum import StrEnum
 import structlog
 from redis.asyncio import Redis
 
-from core.accounts import AccountDirectory, AccountRecord
+from core.accounts import (
+    AccountDirectory,
+    AccountRecord,
+    Applied,
+    PasswordNotSet,
+    new_temporary_password,
+)
 from core.audit import AuditLog
 from core.codes import CodeCheck, CodeStore
 from core.config import Settings
@@ -347,6 +353,7 @@ class RecoveryService:
         *,
         spoken: bool,
         deliver_to: str | None = None,
+        issued_via: str | None = None,
     ) -> Completion | None:
         """Issue the temporary password (or look up the login), send it, notify the contacts.
 
@@ -354,7 +361,9 @@ class RecoveryService:
         `spoken`: the secret is read out in the call in which the code was accepted. It also
         goes by SMS to `deliver_to` when that is a mobile on file (the phone that just proved
         itself), else to the first mobile on file. Nothing is changed unless the secret reaches
-        the resident one way or the other (§6.13): None then, and None when the account vanished.
+        the resident one way or the other (§6.13): None then, and None when the account vanished
+        or the directory refused the password. `issued_via` names the channel to the directory
+        (§11: voice, sms or console), the attempt's own by default.
         """
         record = await self._directory.lookup(attempt.account_number)
         if record is None:
@@ -374,7 +383,32 @@ class RecoveryService:
         # Redis first: if it fails here, no password was issued and nothing queued (§6.4).
         await self._redis.delete(self._attempt_key(attempt.id))
         if attempt.purpose is Purpose.password:
-            secret = await self._directory.issue_temporary_password(attempt.account_number)
+            temporary = new_temporary_password(
+                self._settings,
+                channel=issued_via or attempt.channel,
+                # One per recovery: the cabinet's idempotency key (§11).
+                reference=f"r-{attempt.id}",
+            )
+            try:
+                applied = await self._directory.issue_temporary_password(
+                    attempt.account_number, temporary
+                )
+            except PasswordNotSet as refused:
+                # Nothing was set: nothing is spoken or sent; the caller gets the operator.
+                await self._audit.record(
+                    "recovery.password_refused",
+                    channel=attempt.channel,
+                    session_ref=session_ref,
+                    account_number=attempt.account_number,
+                    reason=refused.reason,
+                )
+                return None
+            if applied is Applied.ambiguous:
+                # The cabinet may have it: deliver it (§6.13), and settle the same PUT later.
+                await self._delivery.hold_for_cabinet(
+                    attempt.account_number, temporary.body().decode(), temporary.expires_at
+                )
+            secret = temporary.password
             body = self._prompts.text(
                 "sms.temporary_password",
                 attempt.language,

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core.accounts import SqlAccountDirectory
+from core.accounts import AccountDirectory, SqlAccountDirectory
+from core.accounts_http import CabinetClient, CabinetSettler, HttpAccountDirectory
 from core.audit import AuditLog
-from core.config import Settings
+from core.config import DirectoryKind, Settings
 from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker
 from core.delivery import Delivery, Messenger, build_messenger
@@ -34,6 +35,8 @@ class Services:
     prompts: Catalogue
     verifier: SignatureVerifier
     dispatcher: Dispatcher
+    # The cabinet's API client (GATEWAY_DIRECTORY=http), else None: the gateway's own tables.
+    cabinet: CabinetClient | None = None
 
     def __repr__(self) -> str:
         return "Services(...)"
@@ -68,12 +71,28 @@ class Services:
             dispatcher=Dispatcher(
                 sessionmaker, messenger, keyring, on_failure, RetryPolicy.from_settings(settings)
             ),
+            cabinet=CabinetClient(settings) if settings.directory is DirectoryKind.http else None,
         )
         return services
+
+    def directory(self, session: AsyncSession) -> AccountDirectory:
+        """The accounts directory for one request: the cabinet's API, or the SQL tables bound to
+        the request's transaction."""
+        if self.cabinet is not None:
+            return HttpAccountDirectory(self.cabinet, self.settings)
+        return SqlAccountDirectory(session, self.settings)
+
+    def cabinet_settler(self) -> CabinetSettler | None:
+        """Repeats temporary-password PUTs whose outcome was unknown (§11), with the cabinet."""
+        if self.cabinet is None:
+            return None
+        return CabinetSettler(self.cabinet, self.sessionmaker, self.keyring)
 
     async def close(self) -> None:
         """Release connections."""
         await self.redis.aclose()
+        if self.cabinet is not None:
+            await self.cabinet.close()
         await self.engine.dispose()
 
     def recovery(self, session: AsyncSession) -> RecoveryService:
@@ -82,7 +101,7 @@ class Services:
             settings=self.settings,
             redis=self.redis,
             keyring=self.keyring,
-            directory=SqlAccountDirectory(session, self.settings),
+            directory=self.directory(session),
             delivery=Delivery(self.settings, session, self.keyring, self.dispatcher.notify),
             audit=AuditLog(session, self.keyring),
             prompts=self.prompts,

@@ -13,6 +13,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from core.accounts_http import CabinetSettler
 from core.config import Settings
 from core.db import transaction
 from core.delivery import Messenger, purge_expired_secrets
@@ -52,6 +53,16 @@ async def _sweep_outbox(services: Services) -> None:
         await services.dispatcher.nap(wait)
 
 
+async def _settle_cabinet(services: Services, settler: CabinetSettler) -> None:
+    """Repeat the temporary-password PUTs whose outcome was unknown until the cabinet answers."""
+    while not services.dispatcher.stopping:
+        try:
+            await settler.settle()
+        except Exception as exc:
+            log.warning("cabinet.settle_failed", error=type(exc).__name__)
+        await services.dispatcher.nap(SWEEP_INTERVAL_SECONDS)
+
+
 def create_app(settings: Settings | None = None, *, messenger: Messenger | None = None) -> FastAPI:
     """Build the gateway app; tests pass their own settings and messenger."""
     settings = settings or Settings()
@@ -65,6 +76,8 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
         services = Services.build(settings, messenger=messenger)
         app.state.services = services
         purger = asyncio.create_task(_sweep_outbox(services))
+        settler = services.cabinet_settler()
+        settling = asyncio.create_task(_settle_cabinet(services, settler)) if settler else None
         try:
             yield
         finally:
@@ -77,6 +90,10 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
             # The sweeper, woken, ends at its next check rather than being cut off mid-query.
             with suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(purger, timeout=max(grace, 1.0))
+            if settling is not None:
+                settling.cancel()
+                with suppress(asyncio.CancelledError):
+                    await settling
             await services.close()
 
     app = FastAPI(
@@ -97,9 +114,9 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
 
     @app.get("/readyz", response_class=PlainTextResponse)
     async def readyz(services: ServicesDep, response: Response) -> str:
-        """The database and Redis are reachable: 503 naming the ones that are not (names only,
-        never a URL or an error text). Both are asked at once, each within its own timeout, so a
-        stalled dependency cannot hold the probe."""
+        """The database, Redis and (GATEWAY_DIRECTORY=http) the cabinet's API are reachable: 503
+        naming the ones that are not (names only, never a URL or an error text). All are asked
+        at once, each within its own timeout, so a stalled dependency cannot hold the probe."""
 
         async def database() -> None:
             async with services.engine.connect() as connection:
@@ -116,12 +133,18 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
                 return name
             return ""
 
+        async def cabinet() -> None:
+            if services.cabinet is not None and not await services.cabinet.ping():
+                raise ConnectionError("cabinet")
+
         settings = services.settings
         problems = [
             name
             for name in await asyncio.gather(
                 down("database", database, settings.database_timeout_seconds),
                 down("redis", redis, settings.redis_timeout_seconds),
+                # The cabinet's API (GATEWAY_DIRECTORY=http): a signed GET answered without 5xx.
+                down("cabinet", cabinet, settings.directory_timeout_seconds),
             )
             if name
         ]

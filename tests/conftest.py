@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ import structlog
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from core.accounts import AccountDirectory, new_temporary_password
 from core.accounts_import import import_accounts_csv
 from core.config import MessengerKind, Settings
 from core.db import create_engine, create_sessionmaker, transaction
@@ -43,6 +46,17 @@ ACCOUNTS_CSV = f"""account_number,login,full_name,phones,email
 """
 
 use_fast_hashing_for_tests()
+
+
+async def set_temporary_password(
+    directory: AccountDirectory, settings: Settings, account: str, now: datetime | None = None
+) -> str:
+    """Have the directory store a fresh temporary password, as a recovery would; returns it."""
+    temporary = new_temporary_password(
+        settings, channel="console", reference=f"r-test-{secrets.token_hex(6)}", now=now
+    )
+    await directory.issue_temporary_password(account, temporary)
+    return temporary.password
 
 
 @pytest.fixture

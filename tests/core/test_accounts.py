@@ -13,14 +13,15 @@ from core.accounts import (
     AccountRecord,
     ChangeRefusal,
     PasswordChangeRefused,
+    PasswordNotSet,
     SqlAccountDirectory,
-    UnknownAccount,
 )
 from core.config import Settings
 from core.db import Base, create_engine, create_sessionmaker, transaction
 from core.models import Account, AccountPhone, Credential, LineType
 from core.passwords import use_fast_hashing_for_tests
 from core.phones import Phone
+from tests.conftest import set_temporary_password
 
 NUMBER = "1000234528"
 MOBILE_1 = "+79123456789"
@@ -95,7 +96,7 @@ async def issue(
     async with transaction(sessions) as session:
         # Typed as the port, so that mypy checks the SQL directory implements it.
         directory: AccountDirectory = SqlAccountDirectory(session, settings, clock=clock)
-        return await directory.issue_temporary_password(NUMBER)
+        return await set_temporary_password(directory, settings, NUMBER, now=clock())
 
 
 async def verify(
@@ -225,8 +226,11 @@ async def test_issuing_for_an_unknown_account_raises_without_the_number(
     sessions: async_sessionmaker[AsyncSession], settings: Settings, account: str
 ) -> None:
     async with sessions() as session:
-        with pytest.raises(UnknownAccount) as raised:
-            await SqlAccountDirectory(session, settings).issue_temporary_password(" 9876543210 ")
+        with pytest.raises(PasswordNotSet) as raised:
+            await set_temporary_password(
+                SqlAccountDirectory(session, settings), settings, " 9876543210 "
+            )
+    assert raised.value.reason == "not_found"
     assert "9876543210" not in str(raised.value)
 
 
@@ -234,7 +238,8 @@ async def test_the_directory_never_commits_for_the_caller(
     sessions: async_sessionmaker[AsyncSession], settings: Settings, account: str
 ) -> None:
     async with sessions() as session:
-        password = await SqlAccountDirectory(session, settings).issue_temporary_password(NUMBER)
+        directory = SqlAccountDirectory(session, settings)
+        password = await set_temporary_password(directory, settings, NUMBER)
         await session.rollback()
     async with sessions() as session:
         check = await SqlAccountDirectory(session, settings).verify_password(NUMBER, password)

@@ -10,15 +10,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from core.accounts_http import (
-    Applied,
-    CabinetClient,
-    CabinetUnavailable,
-    HttpAccountDirectory,
-    PasswordNotSet,
-    TemporaryPassword,
-    signature,
-)
+from core.accounts import Applied, DirectoryUnavailable, PasswordNotSet, TemporaryPassword
+from core.accounts_http import CabinetClient, HttpAccountDirectory, signature
 from core.config import DirectoryKind, Settings, UnsafeSettingsError
 
 SECRET = "0123456789abcdef0123456789abcdef"
@@ -182,7 +175,7 @@ async def test_a_cabinet_that_cannot_answer_is_unavailable_not_unknown(
 ) -> None:
     cabinet = Cabinet(*answers)
     found, _ = directory(cabinet)
-    with pytest.raises(CabinetUnavailable):
+    with pytest.raises(DirectoryUnavailable):
         await found.lookup("1000234528")
     # Retried at most twice more, and a 401 not at all.
     assert len(cabinet.requests) == (1 if len(answers) == 1 else 3)

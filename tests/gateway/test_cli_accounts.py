@@ -15,6 +15,7 @@ from core.db import create_engine, create_sessionmaker, transaction
 from core.models import Account
 from core.passwords import use_fast_hashing_for_tests
 from gateway.cli_accounts import accounts_app
+from tests.conftest import set_temporary_password
 
 DEMO_CSV = Path(__file__).resolve().parents[2] / "gateway" / "demo_accounts.csv"
 LANDLINE_ONLY = "1000234517"
@@ -63,7 +64,7 @@ async def _issue(database_url: str, account_number: str) -> str:
     try:
         async with transaction(create_sessionmaker(engine)) as session:
             directory = SqlAccountDirectory(session, settings)
-            return await directory.issue_temporary_password(account_number)
+            return await set_temporary_password(directory, settings, account_number)
     finally:
         await engine.dispose()
 

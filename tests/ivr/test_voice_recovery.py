@@ -19,6 +19,7 @@ from tests.conftest import (
     TWO_MOBILES_EMAIL,
     Gateway,
     queued_emails,
+    set_temporary_password,
 )
 from tests.twilio_driver import Call
 from voice_prompts import Language, load_catalogue
@@ -253,7 +254,7 @@ async def test_a_crash_mid_recovery_rolls_everything_back(
     sessionmaker = create_sessionmaker(engine)
     async with transaction(sessionmaker) as session:
         directory = SqlAccountDirectory(session, gateway.settings)
-        old = await directory.issue_temporary_password(MOBILE_ONLY)
+        old = await set_temporary_password(directory, gateway.settings, MOBILE_ONLY)
         await directory.change_password(MOBILE_ONLY, old, "the-old-Password-1")
 
     call = gateway.call()

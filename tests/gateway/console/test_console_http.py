@@ -17,7 +17,15 @@ from core.db import create_engine, create_sessionmaker, transaction
 from core.escalations import Escalations
 from core.models import EscalationKind, EscalationStatus
 from gateway.logging import configure_logging
-from tests.conftest import MOBILE, MOBILE_ONLY, TWO_MOBILES_EMAIL, UNKNOWN, Gateway, queued_emails
+from tests.conftest import (
+    MOBILE,
+    MOBILE_ONLY,
+    TWO_MOBILES_EMAIL,
+    UNKNOWN,
+    Gateway,
+    queued_emails,
+    set_temporary_password,
+)
 from tests.gateway.console.conftest import (
     OPERATOR,
     PASSWORD,
@@ -47,7 +55,8 @@ async def issue_password(settings: Settings, account: str) -> str:
     engine = create_engine(settings.database_url)
     try:
         async with transaction(create_sessionmaker(engine)) as session:
-            return await SqlAccountDirectory(session, settings).issue_temporary_password(account)
+            directory = SqlAccountDirectory(session, settings)
+            return await set_temporary_password(directory, settings, account)
     finally:
         await engine.dispose()
 
