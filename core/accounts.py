@@ -67,13 +67,6 @@ class PasswordCheck:
 REFUSED = PasswordCheck(accepted=False, change_required=False)
 
 
-class UnknownAccount(LookupError):
-    """No account has this number."""
-
-    def __init__(self, account_number: str) -> None:
-        super().__init__(f"no account {mask_account(account_number)}")
-
-
 class ChangeRefusal(StrEnum):
     current_not_accepted = "current_not_accepted"
     same_as_current = "same_as_current"

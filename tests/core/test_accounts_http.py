@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from core.accounts import Applied, DirectoryUnavailable, PasswordNotSet, TemporaryPassword
-from core.accounts_http import CabinetClient, HttpAccountDirectory, signature
+from core.accounts_http import CabinetClient, CabinetSettler, HttpAccountDirectory, signature
 from core.config import DirectoryKind, Settings, UnsafeSettingsError
 
 SECRET = "0123456789abcdef0123456789abcdef"
@@ -40,7 +40,16 @@ def test_the_worked_example_of_section_11() -> None:
     )
 
 
-def settings(**overrides: object) -> Settings:
+@pytest.fixture
+async def settings_db(settings: Settings) -> Settings:
+    """The suite's settings on a migrated database."""
+    from core.migrate import upgrade_database
+
+    await upgrade_database(settings.database_url)
+    return settings
+
+
+def http_settings(**overrides: object) -> Settings:
     values: dict[str, object] = {
         "directory": DirectoryKind.http,
         "directory_url": BASE,
@@ -62,7 +71,7 @@ def settings(**overrides: object) -> Settings:
 )
 def test_an_unusable_http_directory_is_refused_at_start_up(overrides: dict[str, object]) -> None:
     with pytest.raises(UnsafeSettingsError) as refused:
-        settings(**overrides)
+        http_settings(**overrides)
     assert SECRET not in str(refused.value)
 
 
@@ -98,7 +107,7 @@ class Sleeps:
 
 def directory(cabinet: Cabinet, **overrides: object) -> tuple[HttpAccountDirectory, Sleeps]:
     sleeps = Sleeps()
-    config = settings(**overrides)
+    config = http_settings(**overrides)
     client = CabinetClient(
         config, transport=httpx.MockTransport(cabinet), clock=lambda: 1767225600, sleep=sleeps
     )
@@ -223,6 +232,56 @@ async def test_a_connection_refused_is_not_ambiguous() -> None:
 
 
 def test_reprs_hold_no_secret() -> None:
-    config = settings()
+    config = http_settings()
     assert EXAMPLE.password not in repr(EXAMPLE)
     assert SECRET not in repr(CabinetClient(config)) and SECRET not in repr(config)
+
+
+# -- the ambiguous PUT, held and settled ----------------------------------------------------
+
+
+async def test_a_held_put_is_repeated_byte_for_byte_until_the_cabinet_answers(
+    settings_db: Settings,
+) -> None:
+    """§11: after a time-out the same PUT (same key, same body) is repeated until settled."""
+    from sqlalchemy import select
+
+    from core.crypto import Keyring
+    from core.db import create_engine, create_sessionmaker, transaction
+    from core.delivery import Delivery
+    from core.models import OutboundChannel, OutboxMessage
+
+    config = settings_db.model_copy(
+        update={
+            "directory": DirectoryKind.http,
+            "directory_url": BASE,
+            "directory_secret": SecretStr(SECRET),
+        }
+    )
+    keyring = Keyring(config)
+    engine = create_engine(config.database_url)
+    sessionmaker = create_sessionmaker(engine)
+    future = TemporaryPassword("k7mz2p9rbt", datetime(2099, 1, 1, tzinfo=UTC), "voice", "r-1")
+    async with transaction(sessionmaker) as session:
+        delivery = Delivery(config, session, keyring, lambda: None)
+        await delivery.hold_for_cabinet("1000234528", future.body().decode(), future.expires_at)
+
+    cabinet = Cabinet(httpx.Response(503), httpx.Response(204))
+    client = CabinetClient(config, transport=httpx.MockTransport(cabinet), sleep=Sleeps())
+    settler = CabinetSettler(client, sessionmaker, keyring)
+    try:
+        # The first round meets a cabinet still in trouble (503, retried, then 204).
+        assert await settler.settle() == 1
+    finally:
+        await client.close()
+    assert {r.content for r in cabinet.requests} == {future.body()}
+    assert {r.headers["Idempotency-Key"] for r in cabinet.requests} == {"r-1"}
+    async with transaction(sessionmaker) as session:
+        row = (
+            await session.scalars(
+                select(OutboxMessage).where(OutboxMessage.channel == OutboundChannel.cabinet)
+            )
+        ).one()
+        assert (row.status, row.reason, row.body) == ("sent", "applied", "")
+    assert await settler.settle() == 0  # nothing left
+    await engine.dispose()
