@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     rate_limit_destination_sends_per_hour: Annotated[int, Field(ge=1)] = 5
     # Every code SMS and call together: the SMS-pumping and toll-fraud breaker.
     rate_limit_global_outbound_per_hour: Annotated[int, Field(ge=1)] = 500
+    # SMS replies (TwiML <Message>, §6.14): to one sender with no recovery in progress; to one
+    # recovery (its request, wrong codes, the call, the operator...); and all replies together,
+    # a budget of their own so that replies cannot spend the codes' budget (or codes theirs).
+    rate_limit_sender_replies_per_hour: Annotated[int, Field(ge=1)] = 5
+    rate_limit_replies_per_recovery: Annotated[int, Field(ge=1)] = 8
+    rate_limit_global_replies_per_hour: Annotated[int, Field(ge=1)] = 1000
 
     voice_ru: str = "Polly.Tatyana"
     voice_en: str = "Polly.Joanna"

@@ -1,10 +1,11 @@
 """Rate limits in Redis (§6.4): sliding windows, checked and counted by one Lua script.
 
-Each limited subject (a caller number, an account number, a destination phone, the whole
-gateway, or an operator console sign-in name or address) has a sorted set of event times. One
-script drops the events older than the window, compares the count with the limit and records the
-new event, for every key of a request at once: 20 concurrent requests against a limit of 5 let
-exactly 5 through, and a request that trips one of its limits is recorded in none of them.
+Each limited subject (a caller number, an account number, a destination phone, an SMS sender or
+recovery for replies, the whole gateway, or an operator console sign-in name or address) has a
+sorted set of event times. One script drops the events older than the window, compares the
+count with the limit and records the new event, for every key of a request at once: 20
+concurrent requests against a limit of 5 let exactly 5 through, and a request that trips one
+of its limits is recorded in none of them.
 
 Why a sliding log rather than fixed windows: a fixed hour lets twice the budget through around
 its boundary (5 codes at 10:59, 5 more at 11:00), and for the toll-fraud breaker that double
@@ -49,6 +50,10 @@ class Limit(StrEnum):
     account_sends_day = "account_sends_day"
     destination_sends = "destination_sends"
     global_outbound = "global_outbound"
+    # SMS replies (§6.14): per sender without a recovery, per recovery, and all together.
+    sender_replies = "sender_replies"
+    recovery_replies = "recovery_replies"
+    global_replies = "global_replies"
     # Operator console sign-in attempts, per username and per client address.
     signin_user = "signin_user"
     signin_address = "signin_address"
@@ -61,9 +66,14 @@ LOG_NAMES: Mapping[Limit, str] = {
     Limit.account_sends_day: "a",
     Limit.destination_sends: "d",
     Limit.global_outbound: "g",
+    Limit.sender_replies: "r",
+    Limit.recovery_replies: "ra",
+    Limit.global_replies: "rg",
     Limit.signin_user: "su",
     Limit.signin_address: "sa",
 }
+# Limits on the whole gateway: one log, no subject.
+GLOBAL_LIMITS = frozenset({Limit.global_outbound, Limit.global_replies})
 
 
 RATE_LIMITED = Counter(
@@ -120,6 +130,10 @@ def rules(settings: Settings) -> Mapping[Limit, Rule]:
         Limit.account_sends_day: Rule(settings.rate_limit_account_sends_per_day, DAY_SECONDS),
         Limit.destination_sends: Rule(settings.rate_limit_destination_sends_per_hour, HOUR_SECONDS),
         Limit.global_outbound: Rule(settings.rate_limit_global_outbound_per_hour, HOUR_SECONDS),
+        Limit.sender_replies: Rule(settings.rate_limit_sender_replies_per_hour, HOUR_SECONDS),
+        # A recovery lives well under an hour (the code's TTL and some): the hour covers it.
+        Limit.recovery_replies: Rule(settings.rate_limit_replies_per_recovery, HOUR_SECONDS),
+        Limit.global_replies: Rule(settings.rate_limit_global_replies_per_hour, HOUR_SECONDS),
         Limit.signin_user: Rule(settings.console_signin_per_user, SIGNIN_WINDOW_SECONDS),
         Limit.signin_address: Rule(settings.console_signin_per_ip, SIGNIN_WINDOW_SECONDS),
     }
@@ -169,7 +183,7 @@ class RateLimiter:
 
     def key(self, check: Check) -> str:
         """The Redis key of a check: its log's name and the subject's keyed reference."""
-        if check.limit is Limit.global_outbound:
+        if check.limit in GLOBAL_LIMITS:
             return KEY_PREFIX + LOG_NAMES[check.limit]
         return f"{KEY_PREFIX}{LOG_NAMES[check.limit]}:{self._keyring.reference(check.subject)}"
 
@@ -212,8 +226,8 @@ class RateLimiter:
     def _report(self, check: Check) -> None:
         RATE_LIMITED.labels(limit=check.limit).inc()
         threshold = self._rules[check.limit].limit
-        if check.limit is Limit.global_outbound:
-            # The breaker stops every code SMS and call: someone must look now.
+        if check.limit in GLOBAL_LIMITS:
+            # The breaker stops every code SMS and call (or every reply): someone must look now.
             log.error("ratelimit.global_budget_exhausted", limit=check.limit, threshold=threshold)
             return
         log.warning(
@@ -231,12 +245,13 @@ class RateLimiter:
 def _masked(check: Check) -> str:
     if check.limit in (Limit.account_sends_hour, Limit.account_sends_day):
         return mask_account(check.subject)
-    if check.limit in (Limit.signin_user, Limit.signin_address):
-        return "***"  # a username or an address: the keyed reference is enough
+    if check.limit in (Limit.signin_user, Limit.signin_address, Limit.recovery_replies):
+        return "***"  # a username, an address or an attempt: the keyed reference is enough
     return mask_phone(check.subject)
 
 
 __all__ = [
+    "GLOBAL_LIMITS",
     "LOG_NAMES",
     "RATE_LIMITED",
     "Check",

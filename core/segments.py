@@ -105,9 +105,23 @@ class UnknownPlaceholderError(LookupError):
         self.placeholder = placeholder
 
 
+# Replies that carry configuration of unknown length (the operators' working hours).
+REPLIES_WITH_HOURS = frozenset({"sms.reply_callback_closed"})
+
+
 def sms_budget(key: str) -> int:
-    """The most segments an SMS text may take: a one-time code 1, anything else 2 (§4)."""
-    return 1 if "code" in key.removeprefix(SMS_SECTION) else 2
+    """The most segments an SMS text may take (§4): a one-time code 1, a reply 1, anything
+    else 2.
+
+    A reply goes to whoever texts us, so its segments are what SMS pumping earns per message
+    sent (§6.14): 1. The reply that is followed by the working hours may take 2.
+    """
+    name = key.removeprefix(SMS_SECTION)
+    if "code" in name:
+        return 1
+    if name.startswith("reply_") and key not in REPLIES_WITH_HOURS:
+        return 1
+    return 2
 
 
 def worst_string(alphabet: str, length: int) -> str:

@@ -68,6 +68,26 @@ def test_sms_text_fits_its_budget(
     )
 
 
+@pytest.mark.parametrize("language", list(Language), ids=str)
+def test_every_reply_is_one_segment(
+    catalogue: Catalogue, settings: Settings, language: Language
+) -> None:
+    """§6.14: a reply goes to whoever texts us, so its segments are what pumping earns per
+    message: one (the after-hours reply, followed by the configured hours, excepted)."""
+    replies = [key for key in SMS_KEYS if key.startswith("sms.reply_")]
+    assert "sms.reply_help" in replies
+    over = {
+        key: segment_report(text)[2]
+        for key in replies
+        if key != "sms.reply_callback_closed"
+        and segment_report(
+            text := worst_case_text(catalogue, key, language, worst_case_values(settings))
+        )[2]
+        > 1
+    }
+    assert not over, f"replies over one segment ({language.value}): {over}"
+
+
 def test_worst_cases_follow_the_settings(settings: Settings) -> None:
     values = worst_case_values(settings)
     password = values["password"]
