@@ -15,6 +15,8 @@ PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "dev", "
 DEV_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
 DEV_AUTH_TOKEN = "development-only-auth-token"
 PLACEHOLDER_ACCOUNT_SID = "AC-not-configured"
+# A temporary password lives at most a day (§5): it is a bearer secret sent by SMS.
+TEMP_PASSWORD_TTL_MAX_HOURS = 24
 
 
 class Environment(StrEnum):
@@ -86,7 +88,7 @@ class Settings(BaseSettings):
     # Lowercase Latin letters and digits without look-alikes (i l o 0 1) or letters that are
     # hard to dictate in Russian (j q w x y).
     temp_password_alphabet: str = "abcdefghkmnprstuvz23456789"
-    temp_password_ttl_hours: Annotated[int, Field(ge=1, le=168)] = 24
+    temp_password_ttl_hours: Annotated[int, Field(ge=1, le=TEMP_PASSWORD_TTL_MAX_HOURS)] = 1
 
     menu_max_tries: Annotated[int, Field(ge=1, le=5)] = 3
     failed_verifications_per_day: Annotated[int, Field(ge=1)] = 10

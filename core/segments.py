@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
+from core.config import TEMP_PASSWORD_TTL_MAX_HOURS
+
 if TYPE_CHECKING:
     from core.config import Settings
     from voice_prompts import Catalogue, Language
@@ -146,7 +148,9 @@ def worst_case_values(settings: Settings) -> dict[str, object]:
         "code": WORST_CODE,
         "password": worst_string(settings.temp_password_alphabet, settings.temp_password_length),
         "login": WORST_LOGIN,
-        "hours": settings.temp_password_ttl_hours,
+        # The longest lifetime the settings accept, not the one configured: a deployment may
+        # raise it, and the text must still fit.
+        "hours": TEMP_PASSWORD_TTL_MAX_HOURS,
         "hotline": settings.hotline_number,
         "account": WORST_ACCOUNT,
     }
@@ -239,6 +243,7 @@ def main() -> int:
     from voice_prompts import load_catalogue
 
     settings = Settings(_env_file=None)
+    worst = worst_case_values(settings)
     rows = list(budget_rows(load_catalogue(), settings))
     header = ("key", "lang", "encoding", "chars", "units", "segments", "budget", "")
     table = [
@@ -263,7 +268,7 @@ def main() -> int:
         f"\nWorst cases: code {len(WORST_CODE)} digits, password "
         f"{settings.temp_password_length} characters, login {len(WORST_LOGIN)} characters, "
         f"account {len(WORST_ACCOUNT)} characters, numbers {len(str(WORST_NUMBER))} digits, "
-        f"{settings.temp_password_ttl_hours} hours, hotline {settings.hotline_number}."
+        f"{worst['hours']} hours, hotline {settings.hotline_number}."
     )
     return 1 if any(row.over_budget for row in rows) else 0
 
