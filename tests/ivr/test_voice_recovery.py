@@ -100,6 +100,8 @@ async def test_password_by_keypad_and_sms_code(gateway: Gateway) -> None:
     password = await spoken_password(call)
     assert len(password) == gateway.settings.temp_password_length
     assert "нажмите звёздочку" in call.text
+    # Its lifetime, with the noun in the right form (1 h by default, §5).
+    assert "Пароль действует 1 час." in call.text
     # The password also arrives by SMS.
     assert password in gateway.messenger.to(MOBILE)[-1].body
     # `*` repeats it; silence ends the call politely.
