@@ -68,13 +68,16 @@ class SmsDialog:
             log.info("sms.sender_refused", sender=mask_phone(sender))
             return None
         thread = await self._threads.load(sender)
-        ongoing = await self._recovery_in_progress(thread.attempt_id)
+        before = thread.attempt_id
+        recovery = await self._recovery_in_progress(before)
         reply = await self._answer(thread, message_sid, command)
         if reply is None:
             return None
-        # Charged to the recovery the message started or went on with, or else to the one it
-        # ended (a cancel, a spent code): either way bounded by that recovery's own cap.
-        recovery = await self._recovery_in_progress(thread.attempt_id) or ongoing
+        if thread.attempt_id != before:
+            # The message started a recovery: its reply is that recovery's first. One held back
+            # by the start limit is no recovery: the reply stays with the one in progress, if
+            # any, else with the sender.
+            recovery = await self._recovery_in_progress(thread.attempt_id) or recovery
         return reply if await self._replies.admit(sender, recovery) else None
 
     async def _recovery_in_progress(self, attempt_id: str | None) -> str | None:
