@@ -15,6 +15,8 @@ PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "dev", "
 DEV_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
 DEV_AUTH_TOKEN = "development-only-auth-token"
 PLACEHOLDER_ACCOUNT_SID = "AC-not-configured"
+# A temporary password lives at most a day (§5): it is a bearer secret sent by SMS.
+TEMP_PASSWORD_TTL_MAX_HOURS = 24
 
 
 class Environment(StrEnum):
@@ -91,7 +93,7 @@ class Settings(BaseSettings):
     # Lowercase Latin letters and digits without look-alikes (i l o 0 1) or letters that are
     # hard to dictate in Russian (j q w x y).
     temp_password_alphabet: str = "abcdefghkmnprstuvz23456789"
-    temp_password_ttl_hours: Annotated[int, Field(ge=1, le=168)] = 24
+    temp_password_ttl_hours: Annotated[int, Field(ge=1, le=TEMP_PASSWORD_TTL_MAX_HOURS)] = 1
 
     menu_max_tries: Annotated[int, Field(ge=1, le=5)] = 3
     # §6.5: a cap, not a formality; above 50 a day it would no longer slow a guesser down.
@@ -115,6 +117,12 @@ class Settings(BaseSettings):
     # The share of each budget that only destinations without a code in the last hour may use,
     # so that one attacker sending to a few hundred phones cannot deny codes to the city.
     rate_limit_global_reserve_percent: Annotated[int, Field(ge=10, le=90)] = 30
+    # SMS replies (TwiML <Message>, §6.14): to one sender with no recovery in progress; to one
+    # recovery (its request, wrong codes, the call, the operator...); and all replies together,
+    # a budget of their own so that replies cannot spend the codes' budget (or codes theirs).
+    rate_limit_sender_replies_per_hour: Annotated[int, Field(ge=1)] = 5
+    rate_limit_replies_per_recovery: Annotated[int, Field(ge=1)] = 8
+    rate_limit_global_replies_per_hour: Annotated[int, Field(ge=1)] = 1000
 
     voice_ru: str = "Polly.Tatyana"
     voice_en: str = "Polly.Joanna"

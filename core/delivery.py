@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -23,7 +23,7 @@ from core.db import utcnow
 from core.metrics import OUTBOUND
 from core.models import OutboundChannel, OutboxMessage
 from core.optout import OptOuts
-from core.phones import mask_phone, region_of
+from core.phones import mask_phone, outbound_allowed
 
 log = structlog.get_logger(__name__)
 
@@ -172,8 +172,12 @@ def build_messenger(settings: Settings) -> Messenger:
     return OutboxMessenger()
 
 
-# The only SMS that may reach a number that has opted out: the confirmation of its STOP.
+# The only SMS that may reach a number that has opted out (§4): the confirmation of its STOP,
+# and the notice that a recovery of the account completed (§6.8) — a spoofed STOP must not
+# silence the one message that tells a resident someone else got into the cabinet.
 OPT_OUT_CONFIRMATION = "optout_confirmation"
+RECOVERY_NOTICE = "notice"
+DESPITE_OPT_OUT = frozenset({OPT_OUT_CONFIRMATION, RECOVERY_NOTICE})
 
 # A well-formed number that is never on file: withheld messages do the same checks on it.
 WITHHELD_PLACEHOLDER = "+79000000000"
@@ -190,10 +194,12 @@ CODE_PURPOSES = frozenset({"code", "code_call"})
 
 
 class Delivery:
-    """Policy (allowed countries, opt-outs) and the queue: requests queue, the dispatcher sends.
+    """Policy (allowed countries and lines, opt-outs) and the queue: requests queue, the
+    dispatcher sends.
 
     Every path costs the same: a message that must not go anywhere (no phone on file, unknown
-    account) is queued as "withheld" with the same work, so timing tells nothing (§6.2).
+    account, a refused destination, an opt-out) is queued as "withheld" with the same work, so
+    timing tells nothing (§6.2), and the caller is told the same as for a send.
     """
 
     def __init__(
@@ -227,8 +233,9 @@ class Delivery:
         return None
 
     def allowed(self, e164: str) -> bool:
-        """Whether outbound messages may go to this number at all."""
-        return region_of(e164) in self._allowed
+        """Whether outbound messages may go to this number at all: an allowed country, and an
+        ordinary line, never premium rate, shared cost or a non-geographic range (§6.14)."""
+        return outbound_allowed(e164, self._allowed)
 
     async def deliverable(self, e164: str, purpose: str = "password") -> bool:
         """Whether an SMS for `purpose` would be queued for this number (country, opt-out)."""
@@ -273,24 +280,29 @@ class Delivery:
         self, to: str, body: str, purpose: str, *, attempt_ref: str | None = None
     ) -> bool:
         """Queue an SMS if policy allows; False when it was withheld."""
-        if not self.allowed(to):
-            log.warning("outbound.refused_country", to=mask_phone(to), purpose=purpose)
+        allowed = self.allowed(to)
+        # Asked on every path, so that a refusal costs what a send costs.
+        opted_out = await self._opt_outs.is_opted_out(to)
+        if not allowed:
+            log.warning("outbound.refused_destination", to=mask_phone(to), purpose=purpose)
             OUTBOUND.labels(channel="sms", purpose=purpose, result="refused").inc()
-            return False
-        if purpose != OPT_OUT_CONFIRMATION and await self._opt_outs.is_opted_out(to):
+        elif opted_out and purpose not in DESPITE_OPT_OUT:
             log.info("outbound.opted_out", to=mask_phone(to), purpose=purpose)
             OUTBOUND.labels(channel="sms", purpose=purpose, result="opted_out").inc()
-            return False
-        await self._queue(OutboundChannel.sms, to, purpose, body=body, attempt_ref=attempt_ref)
-        return True
+        else:
+            await self._queue(OutboundChannel.sms, to, purpose, body=body, attempt_ref=attempt_ref)
+            return True
+        await self._queue(OutboundChannel.sms, "", purpose, body=body, status="withheld")
+        return False
 
     async def call(
         self, to: str, url: str, purpose: str, *, attempt_ref: str | None = None
     ) -> bool:
         """Queue a call if policy allows; False when it was withheld."""
         if not self.allowed(to):
-            log.warning("outbound.refused_country", to=mask_phone(to), purpose=purpose)
+            log.warning("outbound.refused_destination", to=mask_phone(to), purpose=purpose)
             OUTBOUND.labels(channel="call", purpose=purpose, result="refused").inc()
+            await self._queue(OutboundChannel.call, "", purpose, url=url, status="withheld")
             return False
         await self._queue(OutboundChannel.call, to, purpose, url=url, attempt_ref=attempt_ref)
         return True
@@ -342,11 +354,29 @@ async def list_outbox(
     return list((await session.scalars(query)).all())
 
 
-# The dispatcher's own states: a status callback must never put a row back into one of them (a
-# provider "queued" would have the dispatcher send the message again).
-DISPATCH_STATES = frozenset({"queued", "claimed", "sending"})
-# Provider states that only say the provider has the message.
-HANDED_OVER_STATES = frozenset({"queued", "accepted", "scheduled", "sending", "sent"})
+# How far a message has got, by status. Callbacks arrive out of order (a late "sent" after
+# "delivered", "ringing" after "completed"), so a row only ever moves forward. Our own states
+# (queued, claimed, sending, unknown...) are 0: any word from the provider is news. A delivery
+# wins over a contradicting failure report: it is the proof that the message arrived.
+PROGRESS: Mapping[str, int] = {
+    "sent": 1,
+    "initiated": 1,
+    "ringing": 2,
+    "in-progress": 3,
+    "undelivered": 4,
+    "failed": 4,
+    "busy": 4,
+    "no-answer": 4,
+    "canceled": 4,
+    "delivered": 5,
+    "completed": 5,
+    "read": 6,
+}
+
+
+def further(current: str, reported: str) -> str:
+    """The status a row should have after `reported`: the one that got further."""
+    return reported if PROGRESS.get(reported, 0) > PROGRESS.get(current, 0) else current
 
 
 async def record_status(
@@ -361,7 +391,7 @@ async def record_status(
 
     The row is found by the provider's sid, or else by our own key from the StatusCallback URL
     (`?outbox=`): a create request that timed out may still have been accepted, and then this
-    callback is how we learn its sid and fate.
+    callback is how we learn its sid and fate. The row keeps the furthest state it reached.
     """
     row = await session.scalar(
         select(OutboxMessage).where(OutboxMessage.provider_sid == provider_sid)
@@ -375,8 +405,12 @@ async def record_status(
     if row is None:
         return None
     status = (status or "")[:16]
-    row.status = "sent" if status in HANDED_OVER_STATES or not status else status
-    row.error_code = error_code[:16] if error_code else None
+    # Any other word ("queued", "accepted", "sending"...) only says the provider has it; never
+    # one of the dispatcher's own states, or it would send the message again.
+    reported = status if status in PROGRESS else "sent"
+    if further(row.status, reported) != row.status:
+        row.status = reported
+        row.error_code = error_code[:16] if error_code else None
     if row.status in DELIVERED_STATUSES and row.purpose in SECRET_PURPOSES:
         row.body = ""
     await session.flush()

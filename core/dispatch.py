@@ -59,6 +59,7 @@ from core.delivery import (
     Messenger,
     TransientDeliveryError,
     current_outbox_key,
+    further,
 )
 from core.metrics import OUTBOUND, OUTBOUND_FAILURES, OUTBOUND_RETRIES, OUTBOX_PENDING
 from core.models import OutboundChannel, OutboxMessage
@@ -333,8 +334,9 @@ class Dispatcher:
         """Record what the request came to."""
         mine = row.claim_token == token
         if isinstance(result, str):
-            # Sent. Even if our lease ran out meanwhile, the sid is the truth: record it.
-            row.status, row.provider_sid, row.reason = "sent", result, None
+            # Sent. Even if our lease ran out meanwhile, the sid is the truth: record it. A status
+            # callback may have beaten this answer here ("delivered"): that state stands.
+            row.status, row.provider_sid, row.reason = further(row.status, "sent"), result, None
             row.next_attempt_at = None
             _release(row)
             if not self._messenger.keeps_messages:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import phonenumbers
@@ -11,6 +12,20 @@ from core.models import LineType
 
 _MOBILE_TYPES = {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE}
 _FIXED_TYPES = {PhoneNumberType.FIXED_LINE, PhoneNumberType.VOIP, PhoneNumberType.TOLL_FREE}
+# The lines a resident's own phone is on. Everything else (premium rate, shared cost, toll-free,
+# UAN, personal/forwarding numbers, pagers, voicemail, a type phonenumbers cannot tell) is where
+# SMS pumping and toll fraud earn their money, and no resident needs a text or a call there.
+_ORDINARY_TYPES = frozenset(
+    {
+        PhoneNumberType.MOBILE,
+        PhoneNumberType.FIXED_LINE_OR_MOBILE,
+        PhoneNumberType.FIXED_LINE,
+        PhoneNumberType.VOIP,
+    }
+)
+# phonenumbers' region for calling codes of no country: satellite (+881), international
+# networks (+882, +883), global freephone (+800)...
+NON_GEOGRAPHIC = "001"
 
 
 class InvalidPhoneNumber(ValueError):
@@ -52,12 +67,19 @@ def parse_phone(raw: str, region: str = "RU") -> Phone:
     )
 
 
-def region_of(e164: str) -> str:
-    """The ISO region of an E.164 number, or "" when it cannot be told."""
+def outbound_allowed(e164: str, countries: Collection[str]) -> bool:
+    """Whether we may text or call this number at all (§6.14): an ordinary line in a country
+    we serve. Fails closed: a number phonenumbers cannot place is refused."""
     try:
-        return phonenumbers.region_code_for_number(phonenumbers.parse(e164, None)) or ""
+        number = phonenumbers.parse(e164, None)
     except NumberParseException:
-        return ""
+        return False
+    if not phonenumbers.is_valid_number(number):
+        return False
+    region = phonenumbers.region_code_for_number(number) or ""
+    if region == NON_GEOGRAPHIC or region not in countries:
+        return False
+    return phonenumbers.number_type(number) in _ORDINARY_TYPES
 
 
 def mask_phone(e164: str | None) -> str:

@@ -1,10 +1,11 @@
 """Rate limits in Redis (§6.4): sliding windows, checked and counted by one Lua script.
 
-Each limited subject (a caller number, an account number, a destination phone, the whole
-gateway, or an operator console sign-in name or address) has a sorted set of event times. One
-script drops the events older than the window, compares the count with the limit and records the
-new event, for every key of a request at once: 20 concurrent requests against a limit of 5 let
-exactly 5 through, and a request that trips one of its limits is recorded in none of them.
+Each limited subject (a caller number, an account number, a destination phone, an SMS sender or
+recovery for replies, the whole gateway, or an operator console sign-in name or address) has a
+sorted set of event times. One script drops the events older than the window, compares the
+count with the limit and records the new event, for every key of a request at once: 20
+concurrent requests against a limit of 5 let exactly 5 through, and a request that trips one
+of its limits is recorded in none of them.
 
 Why a sliding log rather than fixed windows: a fixed hour lets twice the budget through around
 its boundary (5 codes at 10:59, 5 more at 11:00), and for the toll-fraud breaker that double
@@ -62,6 +63,10 @@ class Limit(StrEnum):
     # use; the rest is kept for everyone else (§6.17).
     global_outbound_repeat = "global_outbound_repeat"
     global_calls_repeat = "global_calls_repeat"
+    # SMS replies (§6.14): per sender without a recovery, per recovery, and all together.
+    sender_replies = "sender_replies"
+    recovery_replies = "recovery_replies"
+    global_replies = "global_replies"
     # Operator console sign-in attempts, per username and per client address.
     signin_user = "signin_user"
     signin_address = "signin_address"
@@ -72,19 +77,20 @@ LOG_NAMES: Mapping[Limit, str] = {
     Limit.caller_starts: "c",
     Limit.account_sends_hour: "a",
     Limit.account_sends_day: "a",
-    Limit.requester_account_hour: "r",
-    Limit.requester_account_day: "r",
+    Limit.requester_account_hour: "q",
+    Limit.requester_account_day: "q",
     Limit.destination_sends: "d",
     Limit.prefix_sends: "p",
     Limit.global_outbound: "g",
     Limit.global_calls: "gc",
     Limit.global_outbound_repeat: "g2",
     Limit.global_calls_repeat: "gc2",
+    Limit.sender_replies: "r",
+    Limit.recovery_replies: "ra",
+    Limit.global_replies: "rg",
     Limit.signin_user: "su",
     Limit.signin_address: "sa",
 }
-
-
 # Budgets of the whole gateway: one log each, no subject.
 GLOBAL_LIMITS = frozenset(
     {
@@ -92,6 +98,7 @@ GLOBAL_LIMITS = frozenset(
         Limit.global_calls,
         Limit.global_outbound_repeat,
         Limit.global_calls_repeat,
+        Limit.global_replies,
     }
 )
 
@@ -183,6 +190,10 @@ def rules(settings: Settings) -> Mapping[Limit, Rule]:
         Limit.global_calls: Rule(call_budget, HOUR_SECONDS),
         Limit.global_outbound_repeat: Rule(_repeat_share(sms_budget, settings), HOUR_SECONDS),
         Limit.global_calls_repeat: Rule(_repeat_share(call_budget, settings), HOUR_SECONDS),
+        Limit.sender_replies: Rule(settings.rate_limit_sender_replies_per_hour, HOUR_SECONDS),
+        # A recovery lives well under an hour (the code's TTL and some): the hour covers it.
+        Limit.recovery_replies: Rule(settings.rate_limit_replies_per_recovery, HOUR_SECONDS),
+        Limit.global_replies: Rule(settings.rate_limit_global_replies_per_hour, HOUR_SECONDS),
         Limit.signin_user: Rule(settings.console_signin_per_user, SIGNIN_WINDOW_SECONDS),
         Limit.signin_address: Rule(settings.console_signin_per_ip, SIGNIN_WINDOW_SECONDS),
     }
@@ -311,8 +322,8 @@ def _masked(check: Check) -> str:
     ):
         # The requester's half of the subject follows the account number: mask from the left.
         return mask_account(check.subject.partition(" ")[0])
-    if check.limit in (Limit.signin_user, Limit.signin_address):
-        return "***"  # a username or an address: the keyed reference is enough
+    if check.limit in (Limit.signin_user, Limit.signin_address, Limit.recovery_replies):
+        return "***"  # a username, an address or an attempt: the keyed reference is enough
     return mask_phone(check.subject)
 
 

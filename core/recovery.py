@@ -474,11 +474,11 @@ class RecoveryService:
     # -- delivery failures ------------------------------------------------------------------
 
     async def mark_undelivered(self, attempt_id: str, error_code: str | None) -> None:
-        """The code SMS of this attempt bounced: the next prompt or reply offers a call."""
+        """The code SMS of this attempt bounced: audited. Nothing said changes (every prompt
+        and reply offers the call anyway), so a bounce tells no one the account exists (§4)."""
         attempt = await self.load(attempt_id)
         if attempt is None:
             return
-        await self._redis.set(f"undelivered:{attempt_id}", 1, ex=self._settings.code_ttl_seconds)
         await self._audit.record(
             "code.undelivered",
             channel=attempt.channel,
@@ -486,10 +486,6 @@ class RecoveryService:
             account_number=attempt.account_number,
             error_code=error_code,
         )
-
-    async def code_undelivered(self, attempt_id: str) -> bool:
-        """Whether the attempt's code SMS was reported undelivered."""
-        return bool(await self._redis.exists(f"undelivered:{attempt_id}"))
 
     # -- limits -----------------------------------------------------------------------------
 

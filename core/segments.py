@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
+from core.config import TEMP_PASSWORD_TTL_MAX_HOURS
+
 if TYPE_CHECKING:
     from core.config import Settings
     from voice_prompts import Catalogue, Language
@@ -105,9 +107,23 @@ class UnknownPlaceholderError(LookupError):
         self.placeholder = placeholder
 
 
+# Replies that carry configuration of unknown length (the operators' working hours).
+REPLIES_WITH_HOURS = frozenset({"sms.reply_callback_closed"})
+
+
 def sms_budget(key: str) -> int:
-    """The most segments an SMS text may take: a one-time code 1, anything else 2 (§4)."""
-    return 1 if "code" in key.removeprefix(SMS_SECTION) else 2
+    """The most segments an SMS text may take (§4): a one-time code 1, a reply 1, anything
+    else 2.
+
+    A reply goes to whoever texts us, so its segments are what SMS pumping earns per message
+    sent (§6.14): 1. The reply that is followed by the working hours may take 2.
+    """
+    name = key.removeprefix(SMS_SECTION)
+    if "code" in name:
+        return 1
+    if name.startswith("reply_") and key not in REPLIES_WITH_HOURS:
+        return 1
+    return 2
 
 
 def worst_string(alphabet: str, length: int) -> str:
@@ -132,7 +148,9 @@ def worst_case_values(settings: Settings) -> dict[str, object]:
         "code": WORST_CODE,
         "password": worst_string(settings.temp_password_alphabet, settings.temp_password_length),
         "login": WORST_LOGIN,
-        "hours": settings.temp_password_ttl_hours,
+        # The longest lifetime the settings accept, not the one configured: a deployment may
+        # raise it, and the text must still fit.
+        "hours": TEMP_PASSWORD_TTL_MAX_HOURS,
         "hotline": settings.hotline_number,
         "account": WORST_ACCOUNT,
         # Catalogue.wait: minutes below two hours, so "119 минут" is the longest.
@@ -227,6 +245,7 @@ def main() -> int:
     from voice_prompts import load_catalogue
 
     settings = Settings(_env_file=None)
+    worst = worst_case_values(settings)
     rows = list(budget_rows(load_catalogue(), settings))
     header = ("key", "lang", "encoding", "chars", "units", "segments", "budget", "")
     table = [
@@ -251,7 +270,7 @@ def main() -> int:
         f"\nWorst cases: code {len(WORST_CODE)} digits, password "
         f"{settings.temp_password_length} characters, login {len(WORST_LOGIN)} characters, "
         f"account {len(WORST_ACCOUNT)} characters, numbers {len(str(WORST_NUMBER))} digits, "
-        f"{settings.temp_password_ttl_hours} hours, hotline {settings.hotline_number}."
+        f"{worst['hours']} hours, hotline {settings.hotline_number}."
     )
     return 1 if any(row.over_budget for row in rows) else 0
 

@@ -72,14 +72,10 @@ class VoiceFlow:
 
     async def handle(self, call: CallSession, given: CallerInput) -> None:
         """Apply one input to the call; the session is changed in place."""
+        # A bounced code SMS changes nothing said here: the code prompt offers the call to
+        # everyone in the same words ("если СМС не пришло…"), so a bounce never tells that the
+        # account exists (§4, §10).
         await self._apply(call, given)
-        if (
-            call.state is State.code_entry
-            and call.attempt_id
-            and await self._recovery.code_undelivered(call.attempt_id)
-        ):
-            # The code SMS bounced (blocked for automated senders, §10): offer the call first.
-            call.notices = ["voice.code_undelivered"]
 
     async def _apply(self, call: CallSession, given: CallerInput) -> None:
         call.notices = []

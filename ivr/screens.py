@@ -156,7 +156,11 @@ class Screens:
                 lines.append(Pause(1))
             lines.append(
                 self._say(
-                    "voice.password_rules", lang, hours=self._settings.temp_password_ttl_hours
+                    "voice.password_rules",
+                    lang,
+                    hours=self._prompts.count(
+                        "hours.hours", self._settings.temp_password_ttl_hours, lang
+                    ),
                 )
             )
         else:

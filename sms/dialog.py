@@ -13,24 +13,14 @@ from core.hours import Clock, Schedule, utc_now
 from core.metrics import ESCALATIONS
 from core.models import EscalationKind
 from core.optout import OptOuts
+from core.phones import mask_phone
 from core.recovery import Channel, Purpose, RecoveryService, SendOutcome, Sent, VerifyOutcome
 from sms.grammar import Command, Keyword
+from sms.replies import ReplyGate
 from sms.thread import SmsThread, SmsThreads
 from voice_prompts import Language
 
 log = structlog.get_logger(__name__)
-
-# Commands that still get an answer while the code SMS is known not to have arrived.
-_UNAFFECTED_BY_UNDELIVERED = {
-    Keyword.call,
-    Keyword.stop,
-    Keyword.start,
-    Keyword.cancel,
-    Keyword.operator,
-    Keyword.help,
-    Keyword.restore,
-    Keyword.login,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +47,7 @@ class SmsDialog:
         opt_outs: OptOuts,
         escalations: Escalations,
         threads: SmsThreads,
+        replies: ReplyGate,
         clock: Clock = utc_now,
     ) -> None:
         self._settings = settings
@@ -64,33 +55,55 @@ class SmsDialog:
         self._opt_outs = opt_outs
         self._escalations = escalations
         self._threads = threads
+        self._replies = replies
         self._clock = clock
         self._schedule = Schedule.from_settings(settings)
 
     async def handle(self, sender: str, message_sid: str, command: Command) -> Reply | None:
-        """Apply one command from `sender` (E.164); None means no reply at all."""
+        """Apply one command from `sender` (E.164); None means no reply at all.
+
+        A sender we may not text (§6.14) is not answered, nor served: nothing happens at all.
+        Every reply is counted (sms/replies.py); over a limit the command still takes effect
+        and the answer is silence.
+        """
+        if not self._replies.answers(sender):
+            log.info("sms.sender_refused", sender=mask_phone(sender))
+            return None
+        thread = await self._threads.load(sender)
+        before = thread.attempt_id
+        recovery = await self._recovery_in_progress(before)
+        reply = await self._answer(thread, message_sid, command)
+        if reply is None:
+            return None
+        if thread.attempt_id != before:
+            # The message started a recovery: its reply is that recovery's first. One held back
+            # by the start limit is no recovery: the reply stays with the one in progress, if
+            # any, else with the sender.
+            recovery = await self._recovery_in_progress(thread.attempt_id) or recovery
+        return reply if await self._replies.admit(sender, recovery) else None
+
+    async def _recovery_in_progress(self, attempt_id: str | None) -> str | None:
+        """The attempt, if it is still open and was not held back by the start limit."""
+        attempt = await self._recovery.load(attempt_id) if attempt_id else None
+        return attempt.id if attempt is not None and not attempt.limited else None
+
+    async def _answer(self, thread: SmsThread, message_sid: str, command: Command) -> Reply | None:
         if command.keyword is Keyword.stop:
             # One confirmation, once; after that the number hears nothing from us.
-            if not await self._opt_outs.opt_out(sender):
+            if not await self._opt_outs.opt_out(thread.sender):
                 return None
-            await self._threads.clear(sender)
+            await self._threads.clear(thread.sender)
             return self._reply("sms.reply_stopped", command)
         if command.keyword is Keyword.start:
-            await self._opt_outs.opt_in(sender)
+            await self._opt_outs.opt_in(thread.sender)
             return self._reply("sms.reply_started", command)
-        if await self._opt_outs.is_opted_out(sender):
+        if await self._opt_outs.is_opted_out(thread.sender):
             return None
 
-        thread = await self._threads.load(sender)
         if command.keyword is not Keyword.code and command.keyword is not Keyword.unknown:
             thread.language = Language(command.language)
-        if (
-            thread.attempt_id
-            and command.keyword not in _UNAFFECTED_BY_UNDELIVERED
-            and await self._recovery.code_undelivered(thread.attempt_id)
-        ):
-            return self._reply("sms.reply_undelivered", thread)
-
+        # A bounced code SMS changes no reply: the request's reply offers the call to everyone
+        # in the same words, so a bounce never tells that the account exists (§4).
         match command.keyword:
             case Keyword.restore | Keyword.login:
                 return await self._request(thread, message_sid, command)
@@ -101,7 +114,7 @@ class SmsDialog:
             case Keyword.operator:
                 return await self._operator(thread, message_sid)
             case Keyword.cancel:
-                await self._threads.clear(sender)
+                await self._threads.clear(thread.sender)
                 return self._reply("sms.reply_cancelled", thread)
             case Keyword.help:
                 return self._reply("sms.reply_help", thread)

@@ -13,11 +13,13 @@ from core.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequ
 from core.escalations import Escalations
 from core.hours import Schedule
 from core.optout import OptOuts
-from core.phones import InvalidPhoneNumber, mask_phone, parse_phone
+from core.phones import InvalidPhoneNumber, mask_phone, outbound_allowed, parse_phone
+from core.ratelimit import RateLimiter
 from core.twilio_security import TwilioForm
 from core.webhooks import fallback_route
 from sms.dialog import Reply, SmsDialog
 from sms.grammar import parse_sms
+from sms.replies import ReplyGate
 from sms.thread import SmsThreads
 from voice_prompts import DEFAULT_LANGUAGE
 
@@ -34,8 +36,17 @@ def _messaging(text: str) -> Response:
 
 
 def _guard(request: Request, form: TwilioForm | None) -> Response:
-    """Any failure behind an SMS webhook: a short apology with the hotline number."""
+    """Any failure behind an SMS webhook: a short apology with the hotline number.
+
+    Not to a sender we may not text (§6.14): a failure must not be a way around that rule.
+    """
     services = request.app.state.services
+    try:
+        sender = parse_phone(form.get("From") if form else "", services.settings.default_region)
+    except InvalidPhoneNumber:
+        return _messaging("")
+    if not outbound_allowed(sender.e164, services.settings.allowed_countries):
+        return _messaging("")
     text = services.prompts.text(
         "sms.reply_error", DEFAULT_LANGUAGE, hotline=services.settings.hotline_number
     )
@@ -58,6 +69,9 @@ async def _dialog(services: ServicesDep, db: DbSession, now: Now) -> SmsDialog:
         opt_outs=OptOuts(db),
         escalations=Escalations(db, services.keyring),
         threads=await _threads(services),
+        replies=ReplyGate(
+            services.settings, RateLimiter(services.redis, services.settings, services.keyring)
+        ),
         clock=lambda: now,
     )
 
@@ -122,7 +136,7 @@ async def sms_status(
     db: DbSession,
     outbox: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    """Delivery status of a message we sent; a bounced code is offered again by voice call.
+    """Delivery status of a message we sent; a bounced code is recorded (and audited).
 
     `outbox` is our key for the message, from its StatusCallback URL: it finds the row even
     when the create request timed out and we never learnt Twilio's sid.
@@ -130,7 +144,9 @@ async def sms_status(
     sid = _message_sid(form)
     state = form.get("MessageStatus") or form.get("SmsStatus")
     row = await record_status(db, sid, state, form.get("ErrorCode") or None, outbox_key=outbox)
-    if row is not None and state in FAILED_STATUSES and row.purpose == "code" and row.attempt_ref:
-        await services.recovery(db).mark_undelivered(row.attempt_ref, row.error_code)
+    # The row's status, not the callback's: a late failure report after "delivered" is stale.
+    if row is not None and row.status in FAILED_STATUSES and row.purpose == "code":
+        if row.attempt_ref:
+            await services.recovery(db).mark_undelivered(row.attempt_ref, row.error_code)
         log.warning("sms.code_undelivered", error=form.get("ErrorCode")[:8])
     return Response(status_code=status.HTTP_204_NO_CONTENT)

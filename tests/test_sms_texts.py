@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from core import segments
-from core.config import Settings
+from core.config import TEMP_PASSWORD_TTL_MAX_HOURS, Settings
 from core.segments import (
     UnknownPlaceholderError,
     segment_report,
@@ -68,6 +68,26 @@ def test_sms_text_fits_its_budget(
     )
 
 
+@pytest.mark.parametrize("language", list(Language), ids=str)
+def test_every_reply_is_one_segment(
+    catalogue: Catalogue, settings: Settings, language: Language
+) -> None:
+    """§6.14: a reply goes to whoever texts us, so its segments are what pumping earns per
+    message: one (the after-hours reply, followed by the configured hours, excepted)."""
+    replies = [key for key in SMS_KEYS if key.startswith("sms.reply_")]
+    assert "sms.reply_help" in replies
+    over = {
+        key: segment_report(text)[2]
+        for key in replies
+        if key != "sms.reply_callback_closed"
+        and segment_report(
+            text := worst_case_text(catalogue, key, language, worst_case_values(settings))
+        )[2]
+        > 1
+    }
+    assert not over, f"replies over one segment ({language.value}): {over}"
+
+
 def test_worst_cases_follow_the_settings(settings: Settings) -> None:
     values = worst_case_values(settings)
     password = values["password"]
@@ -75,7 +95,8 @@ def test_worst_cases_follow_the_settings(settings: Settings) -> None:
     assert len(password) == settings.temp_password_length
     assert set(password) <= set(settings.temp_password_alphabet)
     assert values["code"] == "999999"
-    assert values["hours"] == settings.temp_password_ttl_hours
+    # The longest lifetime a deployment may set, not the default (1 h): the text must fit both.
+    assert values["hours"] == TEMP_PASSWORD_TTL_MAX_HOURS == 24
     assert values["hotline"] == settings.hotline_number
     assert len(str(values["login"])) == 32
     assert len(str(values["account"])) == 12

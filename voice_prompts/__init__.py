@@ -105,7 +105,7 @@ class Catalogue:
         minutes = max(1, -(-seconds // 60))
         if minutes < 120:
             return self.count("hours.in_minutes", minutes, language)
-        return self.count("hours.in_hours", -(-minutes // 60), language)
+        return self.count("hours.hours", -(-minutes // 60), language)
 
     def _separator(self, language: Language) -> str:
         return cast(str, self._lookup("spelling.separator", language))

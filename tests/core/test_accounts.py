@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -305,6 +306,15 @@ async def test_an_unknown_account_refuses_a_password_of_another_account(
     assert check.accepted is False
 
 
+def test_a_temporary_password_lives_an_hour_by_default_and_a_day_at_most() -> None:
+    """§5: default 1 h, at most 24 h; a longer lifetime is refused at start-up."""
+    assert Settings(_env_file=None).temp_password_ttl_hours == 1
+    assert Settings(_env_file=None, temp_password_ttl_hours=24).temp_password_ttl_hours == 24
+    for hours in (25, 168, 0):
+        with pytest.raises(ValidationError):
+            Settings(_env_file=None, temp_password_ttl_hours=hours)
+
+
 # changing
 
 
@@ -312,7 +322,8 @@ async def test_change_with_the_temporary_password_sets_a_long_term_one(
     sessions: async_sessionmaker[AsyncSession], settings: Settings, clock: Clock, account: str
 ) -> None:
     temporary = await issue(sessions, settings, clock)
-    clock.now = ISSUED_AT + timedelta(hours=1)
+    # Within the temporary password's lifetime (1 h by default, §5).
+    clock.now = ISSUED_AT + timedelta(minutes=30)
     await change(sessions, settings, clock, temporary, "my new password")
 
     assert await verify(sessions, settings, clock, "my new password") == (True, False)
@@ -320,7 +331,7 @@ async def test_change_with_the_temporary_password_sets_a_long_term_one(
     credential = await stored_credential(sessions)
     assert credential.is_temporary is False
     assert credential.expires_at is None
-    assert credential.used_at == ISSUED_AT + timedelta(hours=1)
+    assert credential.used_at == ISSUED_AT + timedelta(minutes=30)
     # Long after the temporary password would have expired, the new one still works.
     clock.now = ISSUED_AT + timedelta(days=400)
     assert await verify(sessions, settings, clock, "my new password") == (True, False)

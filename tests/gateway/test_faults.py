@@ -292,8 +292,9 @@ async def test_a_caller_whose_code_sms_was_given_up_is_offered_the_call(
     await call.press("1")  # SMS code: queued, the answer does not wait for Twilio
     assert ru("voice.code_sent") in call.text
     await call.press("12")
-    # One request, a 503, and the cap (1 attempt here) reached: told honestly, call offered.
-    assert ru("voice.code_undelivered") in call.text
+    # One request, a 503, and the cap (1 attempt here) reached: recorded; the code prompt
+    # offers the call to everyone in the same words, so nothing is announced (§4).
+    assert ru("voice.code_entry") in call.text
     [row] = await outbox_rows(settings)
     assert (row.status, row.reason, row.error_code) == ("failed", "gave_up", "http_503")
     proxy.default = "forward"
@@ -313,8 +314,8 @@ async def test_a_texter_whose_code_sms_was_refused_is_offered_the_call(
     proxy.plan = ["400:21610"]
     phone = Phone(twilio, MOBILE)
     await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")
-    # The next message is answered with the honest news and the offer of a call.
-    assert await phone.text("123456") == [ru("sms.reply_undelivered")]
+    # Recorded, not announced (§4): the request's reply already offered the call to everyone.
+    assert await phone.text("123456") == [ru("sms.reply_code_wrong")]
     [row] = await outbox_rows(settings)
     assert (row.status, row.reason, row.error_code) == ("failed", "permanent", "21610")
     assert len(proxy.creates()) == 1
@@ -429,8 +430,8 @@ async def test_a_restart_after_a_crash_mid_send_resends_nothing_ambiguous_and_lo
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
             phone = Phone(Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), MOBILE)
-            # The code may or may not have gone: not sent again; the call is offered instead.
-            assert await phone.text("123456") == [ru("sms.reply_undelivered")]
+            # The code may or may not have gone: not sent again; nothing is announced.
+            assert await phone.text("123456") == [ru("sms.reply_code_wrong")]
     assert second.to(MOBILE) == []
     assert [sent.purpose for sent in second.to(SECOND_MOBILE)] == ["notice"]
     rows = await outbox_rows(settings)

@@ -21,7 +21,7 @@ from tests.conftest import (
     queued_emails,
     set_temporary_password,
 )
-from tests.twilio_driver import Call
+from tests.twilio_driver import Call, Phone
 from voice_prompts import Language, load_catalogue
 
 CODE = re.compile(r"\b(\d{6})\b")
@@ -101,6 +101,8 @@ async def test_password_by_keypad_and_sms_code(gateway: Gateway) -> None:
     password = await spoken_password(call)
     assert len(password) == gateway.settings.temp_password_length
     assert "нажмите звёздочку" in call.text
+    # Its lifetime, with the noun in the right form (1 h by default, §5).
+    assert "Пароль действует 1 час." in call.text
     # The password also arrives by SMS.
     assert password in gateway.messenger.to(MOBILE)[-1].body
     # `*` repeats it; silence ends the call politely.
@@ -179,6 +181,28 @@ async def test_voice_call_verification_on_a_landline(gateway: Gateway) -> None:
     assert gateway.messenger.to(LANDLINE) == []
     assert load_catalogue().text("voice.also_sent_sms", Language.ru) not in callback.text
     assert await check_password(gateway, LANDLINE_ONLY, password) == (True, True)
+
+
+async def test_an_opted_out_mobile_is_not_told_the_password_was_texted(gateway: Gateway) -> None:
+    """After a STOP (a spoofed one, say) the password SMS is withheld: the call must not claim
+    it was sent, and the §6.8 notice still reaches the phone (§4)."""
+    assert await Phone(gateway.twilio, MOBILE).text("СТОП") != []
+    call = gateway.call(caller="+79990001122")
+    await reach_method_choice(call, MOBILE_ONLY)
+    await call.press("2")
+    [placed] = gateway.messenger.to(MOBILE, "call")
+    callback = Call(gateway.twilio, caller="+78005550100", called=MOBILE)
+    await callback.start(placed.url.removeprefix(gateway.settings.public_base_url))
+    await callback.press("5")
+    words = callback.text.split("Ваш код: ", 1)[1].split(".")[0].split(", ")
+    names = load_catalogue().words("spelling.digits", Language.ru)
+    await callback.press("".join(str(names.index(word)) for word in words))
+    password = await spoken_password(callback)
+    assert len(password) == gateway.settings.temp_password_length
+    assert load_catalogue().text("voice.also_sent_sms", Language.ru) not in callback.text
+    texts = gateway.messenger.to(MOBILE)
+    assert [m.purpose for m in texts] == ["notice"]
+    assert password not in texts[0].body
 
 
 async def test_recovery_notifies_other_contacts(gateway: Gateway) -> None:

@@ -114,9 +114,9 @@ async def test_an_unreachable_twilio_is_told_honestly_with_the_call_offered(
             await call.press(MOBILE_ONLY + "#")
             await call.press("1")
             await call.press("1")
-            # The answer never waits for the provider; the failure shows on the next prompt.
+            # The answer never waits for the provider; the next prompt offers the call as always.
             await call.press("12")
-    assert load_catalogue().text("voice.code_undelivered", Language.ru) in call.text
+    assert load_catalogue().text("voice.code_entry", Language.ru) in call.text
     assert call.gather.get("action")
     engine = create_engine(settings.database_url)
     async with create_sessionmaker(engine)() as session:

@@ -879,18 +879,19 @@ async def test_failed_verifications_are_capped_per_account(gateway: Gateway, red
 # -- provider errors ----------------------------------------------------------------------
 
 
-async def test_provider_failure_is_told_on_the_next_prompt_with_the_call(
+async def test_provider_failure_is_recorded_and_the_call_is_offered_as_always(
     gateway: Gateway,
 ) -> None:
     call = await at_method_choice(gateway)
     gateway.messenger.fail = True
     await call.press("1")  # queued: the answer does not wait for the provider
     assert ru("voice.code_sent") in call.text
-    # The send failed after the response: recorded, and the next prompt says so honestly.
+    # The send failed after the response: recorded; the next prompt is the one everybody gets
+    # (its offer of the call is for everyone: a bounce must not tell the account exists, §4).
     events = await audit_events(gateway.settings)
     assert [e for e, _ in events] == ["recovery.started", "code.sent_sms", "code.undelivered"]
     await call.press("12")
-    assert ru("voice.code_undelivered") in call.text
+    assert ru("voice.code_malformed") in call.text and ru("voice.code_entry") in call.text
     gateway.messenger.fail = False
     await call.press("2")
     assert call.verbs()[-1] == "Hangup"

@@ -14,9 +14,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
+from core.config import Settings
 from core.db import create_engine, create_sessionmaker, transaction
 from core.models import Account, AuditEvent, Credential
 from core.phones import parse_phone
@@ -46,6 +48,12 @@ PHONES_ON_FILE = {
 SECRET_STATES = {"secret_ready"}
 CODE = re.compile(r"\b(\d{6})\b")
 PROMPTS = load_catalogue()
+
+
+@pytest.fixture
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """The suite's settings, with what a test is about changed."""
+    return settings.model_copy(update=getattr(request, "param", {}))
 
 
 class OutOfBudget(Exception):
@@ -278,3 +286,82 @@ async def test_scripted_attacker_gets_no_code_and_no_recovery(
         assert code, "a code SMS without a code"
         for form in (code.group(1), *(PROMPTS.digits(code.group(1), lang) for lang in Language)):
             assert form not in heard, summary
+
+
+STRANGER_NUMBERS = 40
+ABROAD_SENDERS = ["+447400123456", "+12025550143", "+881631234567", "+8613912345678"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {
+            # A small city's budget, so that the attacker could spend it all before the fix.
+            "rate_limit_global_outbound_per_hour": 6,
+            "rate_limit_caller_starts_per_hour": 1000,
+        }
+    ],
+    indirect=True,
+)
+async def test_a_stranger_with_many_numbers_cannot_stop_the_resident(
+    gateway: Gateway, redis: Redis
+) -> None:
+    """Issue 10 items 2, 3, 5 and 6 end to end, through signed webhooks.
+
+    A stranger texting from 40 numbers not on file, calling with a withheld ID, asking for
+    codes by call and texting back what the call read, and spending the code budget on
+    another account's phone, cannot: stop the resident getting a code on the phone on file,
+    get a password revoked without the new one reaching the resident, or get a reply abroad.
+    """
+    before = await credentials(gateway)
+    rng = random.Random(SEED)
+    replies_abroad: list[str] = []
+    for sender in ABROAD_SENDERS:
+        phone = Phone(gateway.twilio, sender)
+        for body in (f"ВОССТАНОВИТЬ {MOBILE_ONLY}", "HELP", "ПОМОЩЬ", "123456", "STOP"):
+            replies_abroad += await phone.text(body)
+    for index in range(STRANGER_NUMBERS):
+        phone = Phone(gateway.twilio, f"+7916{rng.randrange(10**7):07d}")
+        await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")
+        for _ in range(3):
+            await phone.text(f"{rng.randrange(10**6):06d}")
+        if index % 10 == 0:
+            # The code is read out on the resident's phone; the stranger texts back a guess of
+            # it (or, had they overheard it, the code itself: test_abuse.py shows that refused).
+            await phone.text("ЗВОНОК")
+            await phone.text(f"{rng.randrange(10**6):06d}")
+    # Withheld caller IDs guessing by voice.
+    for _ in range(5):
+        call = Call(gateway.twilio, caller="anonymous")
+        await call.start()
+        for key in ("1", MOBILE_ONLY + "#", "1", "1", "111111", "222222"):
+            if call.twiml.find("Gather") is None:
+                break
+            await call.press(key)
+    # Spending the SMS budget on another account's phone, over and over.
+    for _ in range(10):
+        call = Call(gateway.twilio, caller=f"+7916{rng.randrange(10**7):07d}")
+        await call.start()
+        for key in ("1", TWO_MOBILES_EMAIL + "#", "1", "1"):
+            if call.twiml.find("Gather") is None:
+                break
+            await call.press(key)
+
+    assert replies_abroad == []
+    assert await credentials(gateway) == before
+    assert await audit_count(gateway, "recovery.completed") == 0
+
+    # The resident, from the mobile on file, recovers the password: code and password arrive.
+    call = Call(gateway.twilio, caller=MOBILE)
+    await call.start()
+    for key in ("1", MOBILE_ONLY + "#", "1", "1"):
+        await call.press(key)
+    codes = [m for m in gateway.messenger.to(MOBILE) if m.purpose == "code"]
+    assert codes, "the resident got no code"
+    code = CODE.search(codes[-1].body)
+    assert code
+    await call.press(code.group(1))
+    assert PROMPTS.text("voice.secret_repeat", Language.ru) in call.text
+    assert [m.to for m in gateway.messenger.sent if m.purpose == "password"] == [MOBILE]
+    changed = {n for n, c in (await credentials(gateway)).items() if before.get(n) != c}
+    assert changed == {MOBILE_ONLY}

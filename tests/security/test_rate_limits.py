@@ -432,8 +432,8 @@ async def test_a_phone_abroad_gets_nothing_and_uses_no_budget(gateway: Gateway) 
     # The same words as for any account; nothing went abroad.
     assert ru("voice.code_sent") in by_sms.text
     assert ru("voice.call_arranged") in by_call.text
-    texted = await Phone(gateway.twilio, UK_MOBILE).text(f"RESTORE {ABROAD}")
-    assert texted == [sms_reply("sms.reply_requested", Language.en)]
+    # A text from abroad gets no reply at all (§6.14, tests/security/test_sms_pumping.py).
+    assert await Phone(gateway.twilio, UK_MOBILE).text(f"RESTORE {ABROAD}") == []
     assert gateway.messenger.sent == []
     # The refused sends did not use the budget of one: a code to Russia still goes.
     assert ru("voice.code_sent") in (await ask_code(gateway, MOBILE_ONLY)).text
@@ -491,6 +491,7 @@ async def test_limit_keys_hold_no_raw_numbers(gateway: Gateway, redis: Redis) ->
     await ask_code(gateway, MOBILE_ONLY)
     await ask_code(gateway, MOBILE_ONLY)  # limited
     await ask_code(gateway, LANDLINE_ONLY, method="2", caller=LANDLINE)
+    await Phone(gateway.twilio, SECOND_MOBILE).text("ПОМОЩЬ")  # a reply outside a recovery
     await Phone(gateway.twilio, SECOND_MOBILE).text(f"ВОССТАНОВИТЬ {TWO_MOBILES_EMAIL}")
     await ask_code(gateway, UNKNOWN)  # delivers nothing: the requester's log
     keys = sorted(text(key) for key in await redis.keys("rate:*"))
@@ -503,5 +504,6 @@ async def test_limit_keys_hold_no_raw_numbers(gateway: Gateway, redis: Redis) ->
     for number in (MOBILE_ONLY, LANDLINE_ONLY, TWO_MOBILES_EMAIL, MOBILE, LANDLINE, SECOND_MOBILE):
         assert not any(number.lstrip("+")[-6:] in key for key in keys), (number, keys)
     limiter = RateLimiter(redis, gateway.settings, Keyring(gateway.settings))
+    assert limiter.key(Check(Limit.sender_replies, SECOND_MOBILE)) in keys
     assert limiter.key(Check(Limit.account_sends_hour, MOBILE_ONLY)) in keys
     assert limiter.key(Check(Limit.destination_sends, MOBILE)) in keys

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from core.accounts import SqlAccountDirectory
 from core.db import create_engine, create_sessionmaker, transaction
 from core.models import Escalation, EscalationKind, OutboxMessage
+from core.segments import sms_segments
 from tests.conftest import (
     LANDLINE,
     MOBILE,
@@ -105,6 +106,36 @@ async def test_code_goes_to_the_asking_mobile_and_others_are_told(gateway: Gatew
     assert await queued_emails(gateway.settings, "e.smirnova@example.ru")
 
 
+async def test_a_stop_does_not_silence_the_notice_of_a_recovery(gateway: Gateway) -> None:
+    """§4, §6.8: a STOP (spoofed, say) keeps the opt-out, but not from the security notice."""
+    first = Phone(gateway.twilio, "+79037771230")
+    assert await first.text("СТОП") == [reply("sms.reply_stopped")]
+    second = Phone(gateway.twilio, SECOND_MOBILE)
+    await second.text(f"ВОССТАНОВИТЬ {TWO_MOBILES_EMAIL}")
+    await second.text(code_in(gateway, SECOND_MOBILE))
+    assert [m.purpose for m in gateway.messenger.to("+79037771230")] == ["notice"]
+    # Still opted out of everything else.
+    assert await first.text(f"ВОССТАНОВИТЬ {TWO_MOBILES_EMAIL}") == []
+    assert [m.purpose for m in gateway.messenger.to("+79037771230")] == ["notice"]
+
+
+@pytest.mark.parametrize(
+    ("request_text", "words"),
+    [
+        (f"ВОССТАНОВИТЬ {MOBILE_ONLY}", "для восстановления доступа"),
+        (f"RESTORE {MOBILE_ONLY}", "to restore access"),
+    ],
+    ids=["ru", "en"],
+)
+async def test_the_code_sms_says_what_it_is_for_in_one_segment(
+    gateway: Gateway, phone: Phone, request_text: str, words: str
+) -> None:
+    await phone.text(request_text)
+    [message] = [m for m in gateway.messenger.to(MOBILE) if m.purpose == "code"]
+    assert words in message.body and code_in(gateway, MOBILE) in message.body
+    assert sms_segments(message.body) == 1
+
+
 async def test_wrong_and_malformed_codes(gateway: Gateway, phone: Phone) -> None:
     assert await phone.text("123456") == [reply("sms.reply_no_request")]
     await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")
@@ -187,14 +218,32 @@ async def code_row(gateway: Gateway) -> OutboxMessage:
     return row
 
 
-async def test_undelivered_code_is_offered_as_a_call(gateway: Gateway, phone: Phone) -> None:
-    await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")
+def wrong_code(gateway: Gateway, number: str) -> str:
+    return "000000" if code_in(gateway, number) != "000000" else "111111"
+
+
+async def test_a_bounced_code_changes_no_reply(gateway: Gateway, phone: Phone) -> None:
+    """§4, §6.2: a bounce happens only to a real account's code, so it is recorded and never
+    announced; the request's reply offers the call to everyone in the same words."""
+    assert "ЗВОНОК" in reply("sms.reply_requested") and "CALL" in reply(
+        "sms.reply_requested", Language.en
+    )
+    bounced = [(await phone.post_sms(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")).text]
     row = await code_row(gateway)
     assert await status(gateway, row.provider_sid or "", "undelivered", "30007") == 204
     updated = await code_row(gateway)
     assert (updated.status, updated.error_code) == ("undelivered", "30007")
-    assert await phone.text("123456") == [reply("sms.reply_undelivered")]
-    assert await phone.text("ЗВОНОК") == [reply("sms.reply_call_arranged")]
+    for body in (wrong_code(gateway, MOBILE), "КОД 12", "ЗВОНОК"):
+        bounced.append((await phone.post_sms(body)).text)
+
+    stranger = Phone(gateway.twilio, "+79990001122")
+    unknown = [
+        (await stranger.post_sms(body)).text
+        for body in (f"ВОССТАНОВИТЬ {UNKNOWN}", "000000", "КОД 12", "ЗВОНОК")
+    ]
+    assert bounced == unknown
+    assert bounced[1] != bounced[2]  # the documents hold the replies, not just empty answers
+    # The call is placed to the phone on file all the same.
     assert len(gateway.messenger.to(MOBILE, "call")) == 1
 
 
@@ -206,17 +255,32 @@ async def test_delivered_status_is_recorded(gateway: Gateway, phone: Phone) -> N
     assert await status(gateway, "SM" + "0" * 32, "delivered") == 204  # not ours: ignored
 
 
-async def test_undelivered_code_is_offered_as_a_call_on_the_hotline(gateway: Gateway) -> None:
-    call = gateway.call()
+async def code_prompts(gateway: Gateway, account: str, bounce: bool) -> list[str]:
+    """The documents of a call's code step: a malformed code, a wrong one, then `2` (call)."""
+    call = gateway.call(caller="+79990001122")
     await call.start()
-    for keys in ("1", MOBILE_ONLY + "#", "1", "1"):
+    for keys in ("1", account + "#", "1", "1"):
         await call.press(keys)
-    row = await code_row(gateway)
-    await status(gateway, row.provider_sid or "", "failed", "30007")
-    await call.press("12")  # any input on the code prompt
-    assert PROMPTS.text("voice.code_undelivered", Language.ru) in call.text
-    await call.press("2")
-    assert call.verbs()[-1] == "Hangup"
+    if bounce:
+        row = await code_row(gateway)
+        assert await status(gateway, row.provider_sid or "", "failed", "30007") == 204
+        assert (await code_row(gateway)).status == "failed"
+    documents = []
+    for keys in ("12", wrong_code(gateway, MOBILE) if bounce else "000000", "2"):
+        await call.press(keys)
+        documents.append(call.raw)
+    return documents
+
+
+async def test_a_bounced_code_changes_nothing_on_the_hotline(gateway: Gateway) -> None:
+    """The code prompt offers the call to everybody ("если СМС не пришло"); a bounce is
+    recorded and changes not a byte of what the caller hears (§4, §6.2)."""
+    assert "Если СМС не пришло" in PROMPTS.text("voice.code_entry", Language.ru)
+    bounced = await code_prompts(gateway, MOBILE_ONLY, bounce=True)
+    unknown = await code_prompts(gateway, UNKNOWN, bounce=False)
+    assert bounced == unknown
+    assert PROMPTS.text("voice.code_entry", Language.ru) in bounced[0]
+    assert len(gateway.messenger.to(MOBILE, "call")) == 1
 
 
 async def test_sms_webhooks_need_a_signature(gateway: Gateway, phone: Phone) -> None:
