@@ -52,6 +52,12 @@ class Limit(StrEnum):
     # Operator console sign-in attempts, per username and per client address.
     signin_user = "signin_user"
     signin_address = "signin_address"
+    # Operators' desk PIN checks (§6.11): per calling number, and from unrecognised numbers.
+    desk_signin_caller = "desk_signin_caller"
+    desk_signin_unrecognised = "desk_signin_unrecognised"
+    # Console credential sends (§6.15): per operator, per account number.
+    console_sends_operator = "console_sends_operator"
+    console_sends_account = "console_sends_account"
 
 
 # The log each limit counts in: short names, and an account's hour and day in one log.
@@ -63,7 +69,14 @@ LOG_NAMES: Mapping[Limit, str] = {
     Limit.global_outbound: "g",
     Limit.signin_user: "su",
     Limit.signin_address: "sa",
+    Limit.desk_signin_caller: "dc",
+    Limit.desk_signin_unrecognised: "du",
+    Limit.console_sends_operator: "co",
+    Limit.console_sends_account: "ca",
 }
+
+# Limits of the whole gateway rather than of one subject: one log each.
+GATEWAY_WIDE = frozenset({Limit.global_outbound, Limit.desk_signin_unrecognised})
 
 
 RATE_LIMITED = Counter(
@@ -122,6 +135,12 @@ def rules(settings: Settings) -> Mapping[Limit, Rule]:
         Limit.global_outbound: Rule(settings.rate_limit_global_outbound_per_hour, HOUR_SECONDS),
         Limit.signin_user: Rule(settings.console_signin_per_user, SIGNIN_WINDOW_SECONDS),
         Limit.signin_address: Rule(settings.console_signin_per_ip, SIGNIN_WINDOW_SECONDS),
+        Limit.desk_signin_caller: Rule(settings.operator_desk_signin_per_caller, HOUR_SECONDS),
+        Limit.desk_signin_unrecognised: Rule(
+            settings.operator_desk_signin_unrecognised, HOUR_SECONDS
+        ),
+        Limit.console_sends_operator: Rule(settings.console_sends_per_operator, HOUR_SECONDS),
+        Limit.console_sends_account: Rule(settings.console_sends_per_account, DAY_SECONDS),
     }
 
 
@@ -169,7 +188,7 @@ class RateLimiter:
 
     def key(self, check: Check) -> str:
         """The Redis key of a check: its log's name and the subject's keyed reference."""
-        if check.limit is Limit.global_outbound:
+        if check.limit in GATEWAY_WIDE:
             return KEY_PREFIX + LOG_NAMES[check.limit]
         return f"{KEY_PREFIX}{LOG_NAMES[check.limit]}:{self._keyring.reference(check.subject)}"
 
@@ -216,6 +235,10 @@ class RateLimiter:
             # The breaker stops every code SMS and call: someone must look now.
             log.error("ratelimit.global_budget_exhausted", limit=check.limit, threshold=threshold)
             return
+        if check.limit is Limit.desk_signin_unrecognised:
+            # Strangers are guessing operators' desk PINs from many numbers.
+            log.error("ratelimit.desk_guessing", limit=check.limit, threshold=threshold)
+            return
         log.warning(
             "ratelimit.tripped",
             limit=check.limit,
@@ -229,9 +252,13 @@ class RateLimiter:
 
 
 def _masked(check: Check) -> str:
-    if check.limit in (Limit.account_sends_hour, Limit.account_sends_day):
+    if check.limit in (
+        Limit.account_sends_hour,
+        Limit.account_sends_day,
+        Limit.console_sends_account,
+    ):
         return mask_account(check.subject)
-    if check.limit in (Limit.signin_user, Limit.signin_address):
+    if check.limit in (Limit.signin_user, Limit.signin_address, Limit.console_sends_operator):
         return "***"  # a username or an address: the keyed reference is enough
     return mask_phone(check.subject)
 
