@@ -186,6 +186,7 @@ def build_desk(services: ServicesDep, db: DbSession) -> OperatorDesk:
         delivery=Delivery(services.settings, db, services.keyring, services.dispatcher.notify),
         recovery=services.recovery(db),
         audit=AuditLog(db, services.keyring),
+        redis=services.redis,
     )
 
 
@@ -374,6 +375,9 @@ _REFUSAL_STATUS = {
     Refusal.not_found: 404,
     Refusal.closed: 409,
     Refusal.taken_by_other: 409,
+    Refusal.second_send_needs_supervisor: 403,
+    Refusal.sends_exhausted: 409,
+    Refusal.limited: 429,
 }
 
 
@@ -437,6 +441,7 @@ async def _send(
             purpose=purpose,
             account_number=_field(form, "account_number"),
             identity_confirmed=_field(form, "identity_confirmed") == "yes",
+            supervisor=session.is_supervisor,
         )
     except DeskRefused as refused:
         return await _refused(request, session, desk, escalation_id, refused)
