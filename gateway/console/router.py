@@ -34,6 +34,7 @@ from core.operator_desk import (
     mask_phone_last4,
 )
 from core.operators import OperatorRepository, SignInThrottle
+from core.proxies import client_address, parse_networks
 from core.recovery import Purpose
 from core.services import Services
 from gateway.console.sessions import ConsoleSession, ConsoleSessions
@@ -219,8 +220,13 @@ def _set_cookie(response: Response, services: Services, name: str, value: str, a
     )
 
 
-def _client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def _client_address(request: Request, services: Services) -> str:
+    # X-Forwarded-For only from GATEWAY_TRUSTED_PROXIES; by default the peer is the client.
+    return client_address(
+        request.client.host if request.client else None,
+        ",".join(request.headers.getlist("x-forwarded-for")),
+        parse_networks(services.settings.trusted_proxies),
+    )
 
 
 # -- sign-in ----------------------------------------------------------------------------------
@@ -258,7 +264,7 @@ async def login(
         raise ConsoleForbidden("csrf")
     username, password = _field(form, "username"), _field(form, "password")
     throttle = SignInThrottle(services.redis, services.settings, services.keyring)
-    if not await throttle.attempt(username, _client_address(request)):
+    if not await throttle.attempt(username, _client_address(request, services)):
         log.warning("console.signin_limited")
         return _login_form(request, services, error="limited", status_code=429)
     operator = await OperatorRepository(db).authenticate(username, password)
