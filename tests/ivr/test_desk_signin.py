@@ -14,6 +14,7 @@ from urllib.parse import urljoin
 
 import pytest
 from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from core.config import OperatorRoute, Settings
 from core.db import create_engine, create_sessionmaker, transaction
@@ -180,9 +181,12 @@ async def test_a_wrong_pin_ends_the_call_and_the_right_one_cannot_follow_it(
 ) -> None:
     await a_caller_waits(gateway)
     desk = DeskCall(gateway)
-    await desk.sign_in(desk_number, "11223344")
+    with capture_logs() as logged:
+        await desk.sign_in(desk_number, "11223344")
     says_nothing_about_a_case(desk)
     assert desk.hung_up and ru("whisper.desk_refused") in desk.text
+    assert "desk.signin_refused" in {line["event"] for line in logged}
+    assert "11223344" not in repr(logged) and DESK_PIN not in repr(logged)
     # One guess per call: the right PIN posted again in the same call is refused too.
     await desk.post(f"/ivr/operator-desk/pin?o={desk_number}", Digits=DESK_PIN)
     says_nothing_about_a_case(desk)
@@ -198,9 +202,12 @@ async def test_the_right_pin_signs_in_then_the_desk_speaks_and_bridges(
 ) -> None:
     await a_caller_waits(gateway)
     desk = DeskCall(gateway)
-    await desk.sign_in(desk_number, DESK_PIN)
+    with capture_logs() as logged:
+        await desk.sign_in(desk_number, DESK_PIN)
     says_nothing_about_a_case(desk)
     assert ru("whisper.desk_signed_in") in desk.text
+    assert "desk.signed_in" in {line["event"] for line in logged}
+    assert DESK_PIN not in repr(logged)
     await desk.follow()
     assert ru("whisper.desk_waiting", count=1).split(":")[0] in desk.text
     queue = desk.document.find("Dial/Queue")
