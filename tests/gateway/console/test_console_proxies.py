@@ -25,7 +25,7 @@ LOOPBACK = ("127.0.0.1", 51000)
 def served_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     """The proxy options `eirc-gateway serve` gives uvicorn."""
     captured: dict[str, Any] = {}
-    monkeypatch.setattr(cli.uvicorn, "run", lambda app, **options: captured.update(options))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: captured.update(options))
     monkeypatch.chdir(tmp_path)  # no stray .env
     result = CliRunner().invoke(cli.app, ["serve"], env={"GATEWAY_WORKERS": "1"})
     assert result.exit_code == 0, result.output
