@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,9 +18,9 @@ from core.db import utcnow
 from core.models import Account, AccountPhone, Credential, LineType
 from core.passwords import (
     generate_temporary_password,
-    hash_password,
-    verify_hash,
-    verify_nothing,
+    hash_in_pool,
+    verify_in_pool,
+    verify_nothing_in_pool,
 )
 from core.phones import Phone, mask_account
 
@@ -246,7 +245,7 @@ class SqlAccountDirectory:
         credential = account.credential
         if credential is None:
             account.credential = Credential(
-                password_hash=await asyncio.to_thread(hash_password, password),
+                password_hash=await hash_in_pool(password),
                 is_temporary=True,
                 expires_at=expires_at,
                 used_at=None,
@@ -254,7 +253,7 @@ class SqlAccountDirectory:
             )
         else:
             # Overwriting the one hash is what revokes the previous password.
-            credential.password_hash = await asyncio.to_thread(hash_password, password)
+            credential.password_hash = await hash_in_pool(password)
             credential.is_temporary = True
             credential.expires_at = expires_at
             credential.used_at = None
@@ -266,9 +265,9 @@ class SqlAccountDirectory:
         """Whether the password opens the account, and whether it must be changed."""
         credential = await self._credential(account_number)
         if credential is None:
-            await asyncio.to_thread(verify_nothing, password)
+            await verify_nothing_in_pool(password)
             return REFUSED
-        if not await asyncio.to_thread(verify_hash, credential.password_hash, password):
+        if not await verify_in_pool(credential.password_hash, password):
             return REFUSED
         if not self._usable(credential):
             return REFUSED
@@ -280,11 +279,11 @@ class SqlAccountDirectory:
         """Set a new long-term password; a temporary current password is consumed."""
         credential = await self._credential(account_number)
         if credential is None:
-            await asyncio.to_thread(verify_nothing, current_password)
+            await verify_nothing_in_pool(current_password)
             raise PasswordChangeRefused(ChangeRefusal.current_not_accepted)
-        if not await asyncio.to_thread(
-            verify_hash, credential.password_hash, current_password
-        ) or not self._usable(credential):
+        if not await verify_in_pool(credential.password_hash, current_password) or not self._usable(
+            credential
+        ):
             raise PasswordChangeRefused(ChangeRefusal.current_not_accepted)
         if len(new_password) < MIN_PASSWORD_LENGTH:
             raise PasswordChangeRefused(ChangeRefusal.too_short)
@@ -296,7 +295,7 @@ class SqlAccountDirectory:
 
         now = self._clock()
         values: dict[str, object] = {
-            "password_hash": await asyncio.to_thread(hash_password, new_password),
+            "password_hash": await hash_in_pool(new_password),
             "is_temporary": False,
             "expires_at": None,
             "changed_at": now,

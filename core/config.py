@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import date
 from enum import StrEnum
@@ -221,6 +222,41 @@ class Settings(BaseSettings):
     directory_client_key: str | None = None
     directory_ca: str | None = None
     # --- end of the accounts directory block ------------------------------------------------
+    # --- Operators' desk, console sends, Argon2id, trusted proxies (issue 10: §5, §6.11, §6.15)
+    # The desk (/ivr/operator-desk) bridges nobody before an operator's own PIN (§6.11). Failed
+    # PIN checks per calling number per hour, and in all per hour from numbers no operator has
+    # signed in from yet (a recognised desk phone is never held back by strangers' guesses).
+    operator_desk_signin_per_caller: Annotated[int, Field(ge=1, le=20)] = 5
+    operator_desk_signin_unrecognised: Annotated[int, Field(ge=1, le=200)] = 10
+    # A SIP desk whose endpoints the PBX authenticates may skip the PIN: applied only when the
+    # call's From is a sip: URI (a PSTN caller ID never is). Off by default.
+    operator_desk_trust_sip: bool = False
+    # Console credential sends (§6.15): per operator per hour, per account number per day.
+    console_sends_per_operator: Annotated[int, Field(ge=1, le=200)] = 20
+    console_sends_per_account: Annotated[int, Field(ge=1, le=20)] = 3
+    # Argon2id (§5): OWASP's minimum by default, configurable upwards only; hashes run in a
+    # bounded pool of this many threads (each holds its memory cost while it runs).
+    argon2_memory_kib: Annotated[int, Field(ge=19 * 1024, le=1024 * 1024)] = 19 * 1024
+    argon2_time_cost: Annotated[int, Field(ge=2, le=20)] = 2
+    argon2_parallelism: Annotated[int, Field(ge=1, le=16)] = 1
+    argon2_pool_size: Annotated[int, Field(ge=1, le=32)] = 2
+    # Proxies whose X-Forwarded-For the console believes (addresses or CIDRs, e.g.
+    # ["127.0.0.1"] behind the nginx of deploy/). Empty: the peer address is the client.
+    trusted_proxies: list[str] = []
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    "GATEWAY_TRUSTED_PROXIES must list IP addresses or networks (CIDR)"
+                ) from None
+        return [entry.strip() for entry in value]
+
+    # --- end of the issue 10 block -------------------------------------------------------------
 
     log_json: bool = False
     log_level: str = "INFO"

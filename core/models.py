@@ -224,6 +224,9 @@ class Escalation(Base):
     note: Mapped[str | None] = mapped_column(Text)
     taken_at: Mapped[datetime | None] = mapped_column()
     closed_at: Mapped[datetime | None] = mapped_column()
+    # Temporary passwords or logins the console sent for this case (§6.15: one, a second
+    # only by a supervisor).
+    credential_sends: Mapped[int] = mapped_column(default=0)
 
     def __repr__(self) -> str:
         return (
@@ -252,6 +255,8 @@ class Operator(Base):
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column()
+    # The PIN keyed at the operators' desk phone (§6.11), as an Argon2id hash; None: not set.
+    desk_pin_hash: Mapped[str | None] = mapped_column(String(256))
 
     def __repr__(self) -> str:
         return f"Operator(id={self.id}, username={self.username!r}, role={self.role})"

@@ -16,7 +16,8 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import ColumnElement, func, or_, select
+from redis.asyncio import Redis
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.accounts import AccountDirectory
@@ -26,8 +27,8 @@ from core.crypto import Keyring
 from core.db import utcnow
 from core.delivery import Delivery
 from core.models import AuditEvent, Escalation, EscalationStatus
-from core.optout import OptOuts
 from core.phones import mask_account, mask_phone
+from core.ratelimit import Check, Decision, Limit, RateLimiter
 from core.recovery import Attempt, Channel, Purpose, RecoveryService
 from voice_prompts import Language
 
@@ -39,6 +40,8 @@ OPEN_STATUSES = (EscalationStatus.waiting, EscalationStatus.in_progress)
 HISTORY_LIMIT = 200
 NOTE_MAX_LENGTH = 2000
 AUDIT_CHANNEL = "console"
+# Credential sends per case (§6.15): the first by the operator, a second only by a supervisor.
+MAX_SENDS_PER_CASE = 2
 
 
 class Refusal(StrEnum):
@@ -54,6 +57,9 @@ class Refusal(StrEnum):
     no_mobile = "no_mobile"
     not_deliverable = "not_deliverable"
     note_required = "note_required"
+    second_send_needs_supervisor = "second_send_needs_supervisor"
+    sends_exhausted = "sends_exhausted"
+    limited = "limited"
 
 
 class DeskRefused(Exception):
@@ -113,8 +119,10 @@ class OperatorDesk:
         delivery: Delivery,
         recovery: RecoveryService,
         audit: AuditLog,
+        redis: Redis,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self._limits = RateLimiter(redis, settings, keyring)
         self._session = session
         self._settings = settings
         self._keyring = keyring
@@ -248,13 +256,16 @@ class OperatorDesk:
         purpose: Purpose,
         account_number: str,
         identity_confirmed: bool,
+        supervisor: bool = False,
     ) -> Sent:
         """Issue a temporary password (or look up the login) and text it to the mobile on file.
 
         The operator confirmed the caller's identity on the phone and typed the account number
-        the caller gave; it must be the case's account when the case has one.
+        the caller gave; it must be the case's account when the case has one. One send per case,
+        a second only by a supervisor; sends are limited per operator and per account and count
+        toward the global outbound budget (§6.15).
         """
-        escalation = await self._workable(escalation_id, operator)
+        escalation = await self._workable(escalation_id, operator, supervisor=supervisor)
         if not identity_confirmed:
             raise DeskRefused(Refusal.identity_not_confirmed)
         number = "".join(account_number.split())[:64]
@@ -278,11 +289,10 @@ class OperatorDesk:
             raise DeskRefused(Refusal.no_mobile)
         # Checked before anything is issued: a password that cannot reach the resident must not
         # revoke the one they have.
-        if not self._delivery.allowed(mobile.e164) or await OptOuts(self._session).is_opted_out(
-            mobile.e164
-        ):
+        if not await self._delivery.deliverable(mobile.e164):
             raise DeskRefused(Refusal.not_deliverable)
 
+        permit = await self._send_permit(escalation, operator, number, supervisor, purpose)
         if escalation.status is EscalationStatus.waiting:
             await self.take(escalation_id, operator)
         if escalation.account_ref is None:
@@ -298,7 +308,9 @@ class OperatorDesk:
             session_ref=case_ref(escalation.id),
             language=Language.ru,
         )
-        completion = await self._recovery.complete(attempt, case_ref(escalation.id), spoken=False)
+        completion = await self._recovery.complete(
+            attempt, case_ref(escalation.id), spoken=False, issued_via="console"
+        )
         sent = completion is not None and completion.sent_by_sms
         # The secret in `completion` goes no further than this line.
         del completion
@@ -309,8 +321,11 @@ class OperatorDesk:
             account_number=number,
             to=mask_phone(mobile.e164),
             sent_by_sms=sent,
+            send_number=escalation.credential_sends,
+            by_supervisor=supervisor,
         )
         if not sent:
+            await self._limits.release(permit)
             raise DeskRefused(Refusal.not_deliverable)
         log.info("desk.credential_sent", escalation=escalation.id, purpose=str(purpose))
         return Sent(purpose=purpose, to_masked=mask_phone_last4(mobile.e164))
@@ -345,12 +360,63 @@ class OperatorDesk:
         )
         return escalation
 
-    async def _workable(self, escalation_id: int, operator: str) -> Escalation:
+    async def _send_permit(
+        self,
+        escalation: Escalation,
+        operator: str,
+        number: str,
+        supervisor: bool,
+        purpose: Purpose,
+    ) -> Decision:
+        """Claim one credential send on the case and count it against the limits, or refuse."""
+        seen = escalation.credential_sends
+        refusal = None
+        if seen >= MAX_SENDS_PER_CASE:
+            refusal = Refusal.sends_exhausted
+        elif seen >= 1 and not supervisor:
+            refusal = Refusal.second_send_needs_supervisor
+        if refusal is not None:
+            await self._record(
+                escalation, "operator.send_refused", operator, purpose=str(purpose), reason=refusal
+            )
+            raise DeskRefused(refusal)
+        permit = await self._limits.acquire(
+            Check(Limit.console_sends_operator, operator),
+            Check(Limit.console_sends_account, number),
+            Check(Limit.global_outbound),
+        )
+        if not permit.allowed:
+            await self._record(
+                escalation,
+                "operator.send_limited",
+                operator,
+                account_number=number,
+                purpose=str(purpose),
+                limit=permit.tripped,
+            )
+            raise DeskRefused(Refusal.limited)
+        # Compare-and-set: of two clicks at once, one finds the count it read and sends.
+        claimed = await self._session.execute(
+            update(Escalation)
+            .where(Escalation.id == escalation.id, Escalation.credential_sends == seen)
+            .values(credential_sends=seen + 1)
+            .returning(Escalation.id)
+            .execution_options(synchronize_session="fetch")
+        )
+        if claimed.scalar_one_or_none() is None:
+            await self._limits.release(permit)
+            raise DeskRefused(Refusal.second_send_needs_supervisor)
+        return permit
+
+    async def _workable(
+        self, escalation_id: int, operator: str, *, supervisor: bool = False
+    ) -> Escalation:
         escalation = await self.case(escalation_id)
         if escalation.status not in OPEN_STATUSES:
             raise DeskRefused(Refusal.closed)
         if (
-            escalation.status is EscalationStatus.in_progress
+            not supervisor
+            and escalation.status is EscalationStatus.in_progress
             and escalation.operator
             and escalation.operator != operator
         ):
@@ -379,6 +445,7 @@ class OperatorDesk:
 
 __all__ = [
     "DESK_TIMEZONE",
+    "MAX_SENDS_PER_CASE",
     "DeskRefused",
     "DeskStats",
     "OperatorDesk",

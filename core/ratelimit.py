@@ -70,6 +70,12 @@ class Limit(StrEnum):
     # Operator console sign-in attempts, per username and per client address.
     signin_user = "signin_user"
     signin_address = "signin_address"
+    # Operators' desk PIN checks (§6.11): per calling number, and from unrecognised numbers.
+    desk_signin_caller = "desk_signin_caller"
+    desk_signin_unrecognised = "desk_signin_unrecognised"
+    # Console credential sends (§6.15): per operator, per account number.
+    console_sends_operator = "console_sends_operator"
+    console_sends_account = "console_sends_account"
 
 
 # The log each limit counts in: short names, and an account's hour and day in one log.
@@ -90,6 +96,10 @@ LOG_NAMES: Mapping[Limit, str] = {
     Limit.global_replies: "rg",
     Limit.signin_user: "su",
     Limit.signin_address: "sa",
+    Limit.desk_signin_caller: "dc",
+    Limit.desk_signin_unrecognised: "du",
+    Limit.console_sends_operator: "co",
+    Limit.console_sends_account: "ca",
 }
 # Budgets of the whole gateway: one log each, no subject.
 GLOBAL_LIMITS = frozenset(
@@ -103,6 +113,8 @@ GLOBAL_LIMITS = frozenset(
 )
 
 _REPEAT_SHARES = frozenset({Limit.global_outbound_repeat, Limit.global_calls_repeat})
+# Limits of the whole gateway rather than of one subject: one log each.
+GATEWAY_WIDE = GLOBAL_LIMITS | {Limit.desk_signin_unrecognised}
 
 RATE_LIMITED = Counter(
     "gateway_rate_limited",
@@ -196,6 +208,12 @@ def rules(settings: Settings) -> Mapping[Limit, Rule]:
         Limit.global_replies: Rule(settings.rate_limit_global_replies_per_hour, HOUR_SECONDS),
         Limit.signin_user: Rule(settings.console_signin_per_user, SIGNIN_WINDOW_SECONDS),
         Limit.signin_address: Rule(settings.console_signin_per_ip, SIGNIN_WINDOW_SECONDS),
+        Limit.desk_signin_caller: Rule(settings.operator_desk_signin_per_caller, HOUR_SECONDS),
+        Limit.desk_signin_unrecognised: Rule(
+            settings.operator_desk_signin_unrecognised, HOUR_SECONDS
+        ),
+        Limit.console_sends_operator: Rule(settings.console_sends_per_operator, HOUR_SECONDS),
+        Limit.console_sends_account: Rule(settings.console_sends_per_account, DAY_SECONDS),
     }
 
 
@@ -247,7 +265,7 @@ class RateLimiter:
 
     def key(self, check: Check) -> str:
         """The Redis key of a check: its log's name and the subject's keyed reference."""
-        if check.limit in GLOBAL_LIMITS:
+        if check.limit in GATEWAY_WIDE:
             return KEY_PREFIX + LOG_NAMES[check.limit]
         return f"{KEY_PREFIX}{LOG_NAMES[check.limit]}:{self._keyring.reference(check.subject)}"
 
@@ -301,6 +319,10 @@ class RateLimiter:
             level = log.warning if check.limit in _REPEAT_SHARES else log.error
             level("ratelimit.global_budget_exhausted", limit=check.limit, threshold=threshold)
             return
+        if check.limit is Limit.desk_signin_unrecognised:
+            # Strangers are guessing operators' desk PINs from many numbers.
+            log.error("ratelimit.desk_guessing", limit=check.limit, threshold=threshold)
+            return
         log.warning(
             "ratelimit.tripped",
             limit=check.limit,
@@ -319,11 +341,18 @@ def _masked(check: Check) -> str:
         Limit.account_sends_day,
         Limit.requester_account_hour,
         Limit.requester_account_day,
+        Limit.console_sends_account,
     ):
         # The requester's half of the subject follows the account number: mask from the left.
         return mask_account(check.subject.partition(" ")[0])
-    if check.limit in (Limit.signin_user, Limit.signin_address, Limit.recovery_replies):
-        return "***"  # a username, an address or an attempt: the keyed reference is enough
+    if check.limit in (
+        Limit.signin_user,
+        Limit.signin_address,
+        Limit.recovery_replies,
+        Limit.console_sends_operator,
+    ):
+        # A username, an address, an attempt or an operator: the keyed reference is enough.
+        return "***"
     return mask_phone(check.subject)
 
 

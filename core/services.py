@@ -16,6 +16,7 @@ from core.db import create_engine, create_sessionmaker
 from core.delivery import Delivery, Messenger, build_messenger
 from core.dispatch import Dispatcher, RetryPolicy
 from core.models import OutboxMessage
+from core.passwords import configure_hashing
 from core.recovery import RecoveryService
 from core.redis import create_redis
 from core.twilio_security import SignatureVerifier
@@ -44,6 +45,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, messenger: Messenger | None = None) -> Services:
         """Build everything from settings; tests may pass a messenger of their own."""
+        configure_hashing(settings)
         engine = create_engine(
             settings.database_url, timeout_seconds=settings.database_timeout_seconds
         )

@@ -86,7 +86,9 @@ def serve(
         host=host,
         port=port,
         workers=settings.workers,
-        proxy_headers=True,
+        # uvicorn's own proxy handling would believe X-Forwarded-For from any loopback peer:
+        # the app reads it itself, only from GATEWAY_TRUSTED_PROXIES (core/proxies.py).
+        proxy_headers=False,
         log_level=settings.log_level.lower(),
     )
 

@@ -16,6 +16,7 @@ from core.accounts import PasswordCheck, SqlAccountDirectory
 from core.accounts_import import ImportFailed, ImportReport, import_accounts_csv
 from core.config import Settings
 from core.db import create_engine, create_sessionmaker, transaction
+from core.passwords import configure_hashing
 
 accounts_app = typer.Typer(
     help="The accounts directory: import the billing centre's CSV, check a password.",
@@ -114,6 +115,7 @@ def check_password_command(
 
 
 async def _check(account: str, password: str, settings: Settings) -> PasswordCheck:
+    configure_hashing(settings)
     engine = await _open(settings)
     try:
         async with transaction(create_sessionmaker(engine)) as session:

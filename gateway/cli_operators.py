@@ -13,27 +13,69 @@ from rich.table import Table
 from core.config import Settings
 from core.db import create_engine, create_sessionmaker, transaction
 from core.models import OperatorRole
-from core.operators import OperatorError, OperatorInfo, OperatorRepository
+from core.operators import (
+    MAX_DESK_PIN,
+    MIN_DESK_PIN,
+    OperatorError,
+    OperatorInfo,
+    OperatorRepository,
+)
+from core.passwords import configure_hashing
 from gateway.cli_accounts import upgrade_schema
 
 operators_app = typer.Typer(
-    help="Operator console accounts: add, list, disable.",
+    help="Operator accounts (console and desk phone): add, set-pin, list, disable.",
     no_args_is_help=True,
 )
 
 
 async def _add(
-    settings: Settings, username: str, password: str, name: str, role: OperatorRole
+    settings: Settings,
+    username: str,
+    password: str,
+    name: str,
+    role: OperatorRole,
+    pin: str | None = None,
 ) -> OperatorInfo:
+    configure_hashing(settings)
     await upgrade_schema(settings.database_url)
     engine = create_engine(settings.database_url)
     try:
         async with transaction(create_sessionmaker(engine)) as session:
-            return await OperatorRepository(session).add(
-                username, password, display_name=name, role=role
-            )
+            operators = OperatorRepository(session)
+            added = await operators.add(username, password, display_name=name, role=role)
+            if pin is not None:
+                return await operators.set_desk_pin(added.username, pin) or added
+            return added
     finally:
         await engine.dispose()
+
+
+async def _set_pin(settings: Settings, username: str, pin: str) -> OperatorInfo | None:
+    configure_hashing(settings)
+    await upgrade_schema(settings.database_url)
+    engine = create_engine(settings.database_url)
+    try:
+        async with transaction(create_sessionmaker(engine)) as session:
+            return await OperatorRepository(session).set_desk_pin(username, pin)
+    finally:
+        await engine.dispose()
+
+
+def _read_pin(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().strip()
+    return str(
+        typer.prompt(
+            f"Desk PIN ({MIN_DESK_PIN}-{MAX_DESK_PIN} digits)",
+            hide_input=True,
+            confirmation_prompt=True,
+        )
+    ).strip()
+
+
+def _desk_hint(operator: OperatorInfo) -> str:
+    return f"At the desk phone: key {operator.desk_number} and #, then the PIN and #."
 
 
 async def _list(settings: Settings) -> list[OperatorInfo]:
@@ -67,31 +109,63 @@ def add_command(
         bool,
         typer.Option("--password-stdin", help="Read the password from standard input (scripts)."),
     ] = False,
+    pin: Annotated[
+        bool,
+        typer.Option(
+            "--pin",
+            help="Also set the desk phone PIN (asked for twice, or the next line on stdin).",
+        ),
+    ] = False,
 ) -> None:
     """Create an operator; the password is asked for twice without echo (stored as Argon2id)."""
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    desk_pin = _read_pin(password_stdin) if pin else None
     try:
-        operator = asyncio.run(_add(Settings(), username, password, name, role))
+        operator = asyncio.run(_add(Settings(), username, password, name, role, desk_pin))
     except OperatorError as refused:
         typer.echo(f"Not added: {refused}.", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"Added {operator.role} {operator.username!r}.")
+    if operator.has_desk_pin:
+        typer.echo(_desk_hint(operator))
+
+
+@operators_app.command("set-pin")
+def set_pin_command(
+    username: Annotated[str, typer.Argument(help="The operator whose desk PIN to set.")],
+    pin_stdin: Annotated[
+        bool, typer.Option("--pin-stdin", help="Read the PIN from standard input (scripts).")
+    ] = False,
+) -> None:
+    """Set the PIN an operator keys at the desk phone (asked twice without echo; Argon2id)."""
+    pin = _read_pin(pin_stdin)
+    try:
+        operator = asyncio.run(_set_pin(Settings(), username, pin))
+    except OperatorError as refused:
+        typer.echo(f"PIN not set: {refused}.", err=True)
+        raise typer.Exit(1) from None
+    if operator is None:
+        typer.echo(f"No operator named {username!r}.", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Desk PIN set for {operator.username!r}. {_desk_hint(operator)}")
 
 
 @operators_app.command("list")
 def list_command() -> None:
     """Every operator with role and state."""
     operators = asyncio.run(_list(Settings()))
-    table = Table("username", "name", "role", "active")
+    table = Table("username", "name", "role", "active", "desk number", "desk PIN")
     for operator in operators:
         table.add_row(
             operator.username,
             operator.display_name,
             operator.role,
             "yes" if operator.active else "no",
+            str(operator.desk_number),
+            "set" if operator.has_desk_pin else "—",
         )
     Console(highlight=False).print(table)
 

@@ -10,12 +10,14 @@ import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from redis.exceptions import RedisError
 
+from core.audit import AuditLog
 from core.delivery import record_status
 from core.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequest, request_time
 from core.escalations import Escalations, Outcome
 from core.hours import Schedule, utc_now
 from core.metrics import TRANSFER_OUTCOMES
 from core.models import CALLER_ID_CHARS, Escalation, EscalationKind, EscalationStatus
+from core.operators import MAX_DESK_NUMBER_DIGITS, MAX_DESK_PIN, DeskSignIn, DeskVerdict
 from core.services import Services
 from core.twilio_security import TwilioForm
 from core.webhooks import fallback_route
@@ -377,9 +379,29 @@ async def queue_connect(
     )
 
 
+def _desk_sign_in(services: Services, db: DbSession) -> DeskSignIn:
+    return DeskSignIn(
+        session=db,
+        redis=services.redis,
+        settings=services.settings,
+        keyring=services.keyring,
+        audit=AuditLog(db, services.keyring),
+    )
+
+
 @router.post("/operator-desk")
-async def operator_desk(form: TwilioRequest, services: ServicesDep) -> Response:
-    """The operators' phones dial in here (enqueue route): the next case, then that caller."""
+async def operator_desk(form: TwilioRequest, services: ServicesDep, db: DbSession) -> Response:
+    """The operators' phones dial in here (enqueue route): the next case, then that caller.
+
+    Nothing about a case is said and nobody is bridged before the call signed in (§6.11).
+    """
+    call_sid = _call_sid(form)
+    caller = form.get("From")[:64]
+    desk = _desk_sign_in(services, db)
+    if await desk.signed_in(call_sid) is None and not await desk.trust_sip(call_sid, caller):
+        if not await desk.may_try(caller):
+            return _show(services, _screens(services).desk_refused(limited=True))
+        return _show(services, _screens(services).desk_sign_in())
     waiting, head = 0, None
     try:
         async with services.sessionmaker() as session:
@@ -387,6 +409,37 @@ async def operator_desk(form: TwilioRequest, services: ServicesDep) -> Response:
     except Exception as exc:
         log.warning("ivr.desk_unavailable", error=type(exc).__name__)
     return _show(services, _screens(services).operator_desk(waiting, head))
+
+
+@router.post("/operator-desk/number")
+async def operator_desk_number(form: TwilioRequest, services: ServicesDep) -> Response:
+    """The operator's number was keyed: the PIN next, whoever the number belongs to."""
+    _call_sid(form)
+    number = form.get("Digits")[:MAX_DESK_NUMBER_DIGITS]
+    if not number.isdigit():
+        return _show(services, _screens(services).desk_refused())
+    return _show(services, _screens(services).desk_pin(number))
+
+
+@router.post("/operator-desk/pin")
+async def operator_desk_pin(
+    form: TwilioRequest,
+    services: ServicesDep,
+    db: DbSession,
+    number: Annotated[str, Query(alias="o", max_length=MAX_DESK_NUMBER_DIGITS)] = "",
+) -> Response:
+    """One PIN check per call: in, or a polite goodbye (the PIN is never logged)."""
+    call_sid = _call_sid(form)
+    desk = _desk_sign_in(services, db)
+    if await desk.signed_in(call_sid) is not None:
+        # A retried webhook of a check that passed.
+        return _show(services, _screens(services).desk_signed_in())
+    verdict = await desk.check(
+        call_sid, form.get("From")[:64], number, form.get("Digits")[: MAX_DESK_PIN + 1]
+    )
+    if verdict is DeskVerdict.accepted:
+        return _show(services, _screens(services).desk_signed_in())
+    return _show(services, _screens(services).desk_refused(limited=verdict is DeskVerdict.limited))
 
 
 @router.post("/status", status_code=status.HTTP_204_NO_CONTENT)

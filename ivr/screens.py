@@ -9,6 +9,7 @@ from core.config import OperatorRoute, Settings
 from core.crypto import Keyring
 from core.hours import Schedule
 from core.models import Escalation
+from core.operators import MAX_DESK_NUMBER_DIGITS, MAX_DESK_PIN
 from core.phones import mask_account
 from core.recovery import Purpose
 from ivr.menu import MENU, Entry, Final, State
@@ -227,6 +228,41 @@ class Screens:
             ],
             ending=Ending.hangup,
         )
+
+    def desk_sign_in(self) -> Screen:
+        """The desk phone, not signed in yet: the operator's number first (§6.11)."""
+        lang = Language.ru
+        gather = GatherSpec(
+            action="/ivr/operator-desk/number",
+            language=lang,
+            num_digits=MAX_DESK_NUMBER_DIGITS,
+            finish_on_key="#",
+        )
+        return Screen(lines=[self._say("whisper.desk_number", lang)], gather=gather)
+
+    def desk_pin(self, desk_number: str) -> Screen:
+        """Then the PIN: asked alike whether or not the number belongs to anyone."""
+        lang = Language.ru
+        gather = GatherSpec(
+            action="/ivr/operator-desk/pin?" + urlencode({"o": desk_number}),
+            language=lang,
+            num_digits=MAX_DESK_PIN,
+            finish_on_key="#",
+        )
+        return Screen(lines=[self._say("whisper.desk_pin", lang)], gather=gather)
+
+    def desk_signed_in(self) -> Screen:
+        """The PIN matched: on to the queue."""
+        lang = Language.ru
+        return Screen(
+            lines=[self._say("whisper.desk_signed_in", lang)], redirect="/ivr/operator-desk"
+        )
+
+    def desk_refused(self, *, limited: bool = False) -> Screen:
+        """A wrong number or PIN (or too many of them): a polite goodbye, nothing about a case."""
+        lang = Language.ru
+        key = "whisper.desk_limited" if limited else "whisper.desk_refused"
+        return Screen(lines=[self._say(key, lang)], ending=Ending.hangup)
 
     def operator_desk(self, waiting: int, head: Escalation | None) -> Screen:
         """The operator's phone: the first waiting caller's case, then that caller (enqueue route).

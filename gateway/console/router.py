@@ -20,7 +20,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
-from core.accounts import SqlAccountDirectory
 from core.audit import AuditLog
 from core.db import utcnow
 from core.delivery import Delivery
@@ -34,6 +33,7 @@ from core.operator_desk import (
     mask_phone_last4,
 )
 from core.operators import OperatorRepository, SignInThrottle
+from core.proxies import client_address, parse_networks
 from core.recovery import Purpose
 from core.services import Services
 from gateway.console.sessions import ConsoleSession, ConsoleSessions
@@ -182,10 +182,11 @@ def build_desk(services: ServicesDep, db: DbSession) -> OperatorDesk:
         session=db,
         settings=services.settings,
         keyring=services.keyring,
-        directory=SqlAccountDirectory(db, services.settings),
+        directory=services.directory(db),
         delivery=Delivery(services.settings, db, services.keyring, services.dispatcher.notify),
         recovery=services.recovery(db),
         audit=AuditLog(db, services.keyring),
+        redis=services.redis,
     )
 
 
@@ -218,8 +219,13 @@ def _set_cookie(response: Response, services: Services, name: str, value: str, a
     )
 
 
-def _client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def _client_address(request: Request, services: Services) -> str:
+    # X-Forwarded-For only from GATEWAY_TRUSTED_PROXIES; by default the peer is the client.
+    return client_address(
+        request.client.host if request.client else None,
+        ",".join(request.headers.getlist("x-forwarded-for")),
+        parse_networks(services.settings.trusted_proxies),
+    )
 
 
 # -- sign-in ----------------------------------------------------------------------------------
@@ -257,7 +263,7 @@ async def login(
         raise ConsoleForbidden("csrf")
     username, password = _field(form, "username"), _field(form, "password")
     throttle = SignInThrottle(services.redis, services.settings, services.keyring)
-    if not await throttle.attempt(username, _client_address(request)):
+    if not await throttle.attempt(username, _client_address(request, services)):
         log.warning("console.signin_limited")
         return _login_form(request, services, error="limited", status_code=429)
     operator = await OperatorRepository(db).authenticate(username, password)
@@ -374,6 +380,9 @@ _REFUSAL_STATUS = {
     Refusal.not_found: 404,
     Refusal.closed: 409,
     Refusal.taken_by_other: 409,
+    Refusal.second_send_needs_supervisor: 403,
+    Refusal.sends_exhausted: 409,
+    Refusal.limited: 429,
 }
 
 
@@ -437,6 +446,7 @@ async def _send(
             purpose=purpose,
             account_number=_field(form, "account_number"),
             identity_confirmed=_field(form, "identity_confirmed") == "yes",
+            supervisor=session.is_supervisor,
         )
     except DeskRefused as refused:
         return await _refused(request, session, desk, escalation_id, refused)

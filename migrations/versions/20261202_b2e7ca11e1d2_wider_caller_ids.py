@@ -6,7 +6,7 @@ Downgrading cuts longer values back to the old 20 characters (PostgreSQL refuses
 column that holds longer strings).
 
 Revision ID: b2e7ca11e1d2
-Revises: 4faefc373268
+Revises: a1d35c0de5c1
 Create Date: 2026-12-02 06:00:00.000000
 
 """
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision: str = 'b2e7ca11e1d2'
-down_revision: Union[str, Sequence[str], None] = '4faefc373268'
+down_revision: Union[str, Sequence[str], None] = 'a1d35c0de5c1'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

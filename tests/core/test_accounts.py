@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from core.models import Account, AccountPhone, Credential, LineType
 from core.passwords import use_fast_hashing_for_tests
 from core.phones import Phone
 from tests.conftest import set_temporary_password
+from tests.hashing import counting_hashes
 
 NUMBER = "1000234528"
 MOBILE_1 = "+79123456789"
@@ -448,3 +450,54 @@ async def test_a_long_term_password_can_be_changed_again(
     await change(sessions, settings, clock, "first new password", "second new password")
     assert await verify(sessions, settings, clock, "second new password") == (True, False)
     assert await verify(sessions, settings, clock, "first new password") == (False, False)
+
+
+# §6.2: an unknown account, a wrong password and the right one cost one Argon2id check each
+
+
+async def test_verify_costs_one_argon2_check_for_unknown_wrong_and_right(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    clock: Clock,
+    account: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    password = await issue(sessions, settings, clock)
+    costs = {}
+    with counting_hashes(monkeypatch) as spy:
+        for name, number, candidate in [
+            ("unknown", "1000234529", password),
+            ("wrong", NUMBER, "wrong password"),
+            ("right", NUMBER, password),
+        ]:
+            spy.reset()
+            async with sessions() as session:
+                directory = SqlAccountDirectory(session, settings, clock=clock)
+                await directory.verify_password(number, candidate)
+            costs[name] = (spy.verified, spy.hashed)
+    assert costs == {"unknown": (1, 0), "wrong": (1, 0), "right": (1, 0)}
+
+
+async def test_change_costs_one_argon2_check_for_unknown_wrong_and_right(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    clock: Clock,
+    account: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    password = await issue(sessions, settings, clock)
+    checks = {}
+    with counting_hashes(monkeypatch) as spy:
+        for name, number, current in [
+            ("unknown", "1000234529", password),
+            ("wrong", NUMBER, "wrong password"),
+            ("right", NUMBER, password),
+        ]:
+            spy.reset()
+            async with transaction(sessions) as session:
+                directory = SqlAccountDirectory(session, settings, clock=clock)
+                with contextlib.suppress(PasswordChangeRefused):
+                    await directory.change_password(number, current, "a fine new password")
+            checks[name] = spy.verified
+    # The right one also hashes the new password: after the check, which the answer reveals.
+    assert checks == {"unknown": 1, "wrong": 1, "right": 1}

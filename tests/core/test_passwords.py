@@ -1,12 +1,17 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 
 import pytest
 from argon2 import Type, extract_parameters
+from pydantic import ValidationError
 
 from core import passwords
+from core.accounts import SqlAccountDirectory
 from core.config import Settings
+from core.db import Base, create_engine, create_sessionmaker, transaction
+from core.operators import OperatorRepository
 from core.passwords import (
     generate_temporary_password,
     hash_password,
@@ -15,6 +20,7 @@ from core.passwords import (
     verify_hash,
     verify_nothing,
 )
+from tests.hashing import counting_hashes
 
 
 @pytest.fixture(autouse=True)
@@ -102,3 +108,83 @@ def test_fast_profile_is_still_argon2id_and_verifies_under_the_standard_one() ->
     assert extract_parameters(stored).type is Type.ID
     use_standard_hashing()
     assert verify_hash(stored, "rjmqz7k2xa") is True
+
+
+# §5: OWASP's minimum by default, configurable upwards only; a bounded pool off the event loop
+
+
+def test_default_parameters_are_owasps_minimum() -> None:
+    params = passwords.parameters_from(settings())
+    assert (params.type, params.memory_cost, params.time_cost, params.parallelism) == (
+        Type.ID,
+        19 * 1024,
+        2,
+        1,
+    )
+    assert params == passwords.STANDARD_PARAMETERS
+
+
+@pytest.mark.parametrize(
+    "weaker",
+    [{"argon2_memory_kib": 16 * 1024}, {"argon2_time_cost": 1}, {"argon2_parallelism": 0}],
+)
+def test_settings_refuse_parameters_below_the_minimum(weaker: dict[str, int]) -> None:
+    with pytest.raises(ValidationError):
+        settings(**weaker)
+
+
+def test_configured_parameters_are_used_outside_tests() -> None:
+    passwords.configure_hashing(settings(argon2_memory_kib=32 * 1024, argon2_time_cost=3))
+    try:
+        use_standard_hashing()
+        params = extract_parameters(hash_password("rjmqz7k2xa"))
+        assert (params.memory_cost, params.time_cost, params.parallelism) == (32 * 1024, 3, 1)
+    finally:
+        passwords.configure_hashing(settings())
+        use_fast_hashing_for_tests()
+    # The test switch holds whatever the app configures at start-up.
+    passwords.configure_hashing(settings(argon2_memory_kib=32 * 1024))
+    try:
+        assert extract_parameters(hash_password("x")).memory_cost < 19 * 1024
+    finally:
+        passwords.configure_hashing(settings())
+
+
+async def test_a_burst_of_sign_ins_hashes_at_most_pool_size_at_once(
+    monkeypatch: pytest.MonkeyPatch, new_database: Callable[[], str]
+) -> None:
+    """Twelve concurrent sign-ins and password checks: no more Argon2 runs at once than the
+    pool allows (each holds its memory cost), and the event loop keeps turning meanwhile."""
+    config = settings(argon2_pool_size=2)
+    passwords.configure_hashing(config)
+    engine = create_engine(new_database())
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
+    sessions = create_sessionmaker(engine)
+    async with transaction(sessions) as session:
+        await OperatorRepository(session).add("ivanova", "a long enough password")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    async def sign_in(index: int) -> None:
+        async with sessions() as session:
+            if index % 2:
+                await OperatorRepository(session).authenticate("ivanova", f"guess {index}")
+            else:
+                await SqlAccountDirectory(session, config).verify_password("1000000001", "x")
+
+    try:
+        with counting_hashes(monkeypatch, delay=0.05) as spy:
+            running = asyncio.create_task(ticker())
+            await asyncio.gather(*(sign_in(index) for index in range(12)))
+            running.cancel()
+        assert spy.verified == 12
+        assert spy.most_at_once <= 2, spy.most_at_once
+        assert ticks >= 10  # 12 checks of 50 ms, two at a time: the loop was never held
+    finally:
+        await engine.dispose()

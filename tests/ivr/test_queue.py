@@ -19,6 +19,7 @@ from ivr.session import CallSession
 from ivr.twiml import Renderer
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, Gateway
 from tests.ivr.conftest import OPEN_NOW, Case, set_clock, stored_cases
+from tests.ivr.test_desk_signin import DESK_PIN, DeskCall, add_desk_operator
 from tests.ivr.test_webhooks import (
     PROMPTS,
     at_account_confirm,
@@ -243,28 +244,38 @@ def desk_form() -> dict[str, str]:
     }
 
 
-async def desk(gateway: Gateway) -> ET.Element:
-    response = await gateway.twilio.post("/ivr/operator-desk", desk_form())
-    assert response.status_code == 200, response.text
-    return ET.fromstring(response.text)
+@pytest.fixture
+async def desk_call(gateway: Gateway) -> DeskCall:
+    """A real operator's desk phone, signed in with the operator's PIN (§6.11)."""
+    number = await add_desk_operator(gateway.settings)
+    call = DeskCall(gateway)
+    await call.sign_in(number, DESK_PIN)
+    assert ru("whisper.desk_signed_in") in call.text
+    return call
+
+
+async def desk(call: DeskCall) -> ET.Element:
+    return await call.dial()
 
 
 def spoken(document: ET.Element) -> str:
     return " ".join(say.text or "" for say in document.iter("Say"))
 
 
-async def test_the_desk_holds_while_nobody_waits(gateway: Gateway) -> None:
-    document = await desk(gateway)
+async def test_the_desk_holds_while_nobody_waits(desk_call: DeskCall) -> None:
+    document = await desk(desk_call)
     assert [child.tag for child in document] == ["Say", "Pause", "Redirect"]
     assert ru("whisper.desk_empty") in spoken(document)
     assert document.findtext("Redirect") == "/ivr/operator-desk"
 
 
-async def test_the_desk_summarises_the_first_caller_then_takes_them(gateway: Gateway) -> None:
+async def test_the_desk_summarises_the_first_caller_then_takes_them(
+    gateway: Gateway, desk_call: DeskCall
+) -> None:
     first, _, _ = await enqueued(gateway)
     second = await at_main_menu(gateway)
     await second.press("0")
-    document = await desk(gateway)
+    document = await desk(desk_call)
     text = spoken(document)
     assert ru("whisper.desk_waiting", count=2).split(":")[0] in text
     assert PROMPTS.digits(MOBILE_ONLY[-3:], Language.ru) in text  # the first caller's case
@@ -277,7 +288,7 @@ async def test_the_desk_summarises_the_first_caller_then_takes_them(gateway: Gat
     assert dial is not None and dial.get("action") == "/ivr/operator-desk"
     # Once the first caller is taken, the desk speaks of the second.
     await first.twilio.post("/ivr/queue-connect", form(first))
-    text = spoken(await desk(gateway))
+    text = spoken(await desk(desk_call))
     assert ru("whisper.no_account") in text
 
 

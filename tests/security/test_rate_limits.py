@@ -496,7 +496,15 @@ async def test_limit_keys_hold_no_raw_numbers(gateway: Gateway, redis: Redis) ->
     await ask_code(gateway, UNKNOWN)  # delivers nothing: the requester's log
     keys = sorted(text(key) for key in await redis.keys("rate:*"))
     kinds = {key.split(":")[2] for key in keys}
-    recovery_limits = set(Limit) - {Limit.signin_user, Limit.signin_address}
+    recovery_limits = set(Limit) - {
+        Limit.signin_user,
+        Limit.signin_address,
+        # The operators' desk phone and the console's sends (§6.11, §6.15): not recoveries.
+        Limit.desk_signin_caller,
+        Limit.desk_signin_unrecognised,
+        Limit.console_sends_operator,
+        Limit.console_sends_account,
+    }
     # The repeat shares count only a second code to one phone (test_abuse.py shows those).
     assert kinds == {LOG_NAMES[limit] for limit in recovery_limits} - {"g2", "gc2"}, keys
     # A log's name and a 16-hex-digit keyed reference: there is no room for a number.

@@ -118,3 +118,73 @@ def test_stored_hash_is_argon2id(database_url: str) -> None:
             await engine.dispose()
 
     assert asyncio.run(stored()).startswith("$argon2id$")
+
+
+# -- the desk phone's PIN (§6.11) -------------------------------------------------------------
+
+DESK_PIN = "48213579"
+
+
+async def _desk(database_url: str, number: int, pin: str) -> OperatorInfo | None:
+    engine = create_engine(database_url)
+    try:
+        async with transaction(create_sessionmaker(engine)) as session:
+            return await OperatorRepository(session).authenticate_desk(str(number), pin)
+    finally:
+        await engine.dispose()
+
+
+def desk_number(database_url: str, username: str) -> int:
+    async def find() -> int:
+        engine = create_engine(database_url)
+        try:
+            async with transaction(create_sessionmaker(engine)) as session:
+                info = await OperatorRepository(session).get(username)
+                assert info is not None
+                return info.desk_number
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(find())
+
+
+def test_set_pin_prompts_twice_without_echo_and_stores_argon2id(database_url: str) -> None:
+    run(database_url, "add", "ivanova", "--password-stdin", stdin=PASSWORD)
+    number = desk_number(database_url, "ivanova")
+    assert asyncio.run(_desk(database_url, number, DESK_PIN)) is None  # no PIN yet
+    result = run(database_url, "set-pin", "ivanova", stdin=f"{DESK_PIN}\n{DESK_PIN}\n")
+    assert result.exit_code == 0, result.output
+    assert DESK_PIN not in result.output
+    assert f"key {number} and #" in result.output
+    signed = asyncio.run(_desk(database_url, number, DESK_PIN))
+    assert signed is not None and signed.username == "ivanova"
+    assert asyncio.run(_desk(database_url, number, "48213578")) is None
+    mismatch = run(database_url, "set-pin", "ivanova", stdin=f"{DESK_PIN}\n13572468\n")
+    assert mismatch.exit_code != 0
+    assert asyncio.run(_desk(database_url, number, DESK_PIN)) is not None
+    listed = run(database_url, "list").output
+    assert "set" in listed and DESK_PIN not in listed and "argon2" not in listed
+
+
+@pytest.mark.parametrize("pin", ["12345", "1234567890123", "12ab5678", "00000000", "123456"])
+def test_set_pin_refuses_short_long_non_digit_and_trivial_pins(database_url: str, pin: str) -> None:
+    run(database_url, "add", "ivanova", "--password-stdin", stdin=PASSWORD)
+    refused = run(database_url, "set-pin", "ivanova", "--pin-stdin", stdin=pin + "\n")
+    assert refused.exit_code == 1 and "PIN not set" in refused.output
+    assert pin not in refused.output.replace("PIN not set", "")
+
+
+def test_set_pin_for_nobody_fails(database_url: str) -> None:
+    missing = run(database_url, "set-pin", "nobody", "--pin-stdin", stdin=DESK_PIN + "\n")
+    assert missing.exit_code == 1 and "No operator" in missing.output
+
+
+def test_add_with_a_pin(database_url: str) -> None:
+    result = run(
+        database_url,
+        *("add", "petrov", "--password-stdin", "--pin"),
+        stdin=f"{PASSWORD}\n{DESK_PIN}\n",
+    )
+    assert result.exit_code == 0, result.output
+    number = desk_number(database_url, "petrov")
+    assert asyncio.run(_desk(database_url, number, DESK_PIN)) is not None

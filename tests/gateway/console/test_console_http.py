@@ -37,6 +37,7 @@ from tests.gateway.console.conftest import (
     outbox,
     sms_callback_request,
 )
+from tests.hashing import counting_hashes
 
 
 def set_cookies(response: httpx.Response) -> dict[str, SimpleCookie]:
@@ -127,6 +128,22 @@ async def test_wrong_password_and_unknown_user_get_the_same_polite_refusal(
         assert "Неверное имя пользователя или пароль" in response.text
         assert "eirc_console" not in set_cookies(response)
     assert (await console.http.get("/console/")).status_code == 303
+
+
+async def test_unknown_name_wrong_and_right_password_cost_one_argon2_check_each(
+    console: ConsoleClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    costs = {}
+    with counting_hashes(monkeypatch) as spy:
+        for name, username, password in [
+            ("unknown", "nobody", PASSWORD),
+            ("wrong", OPERATOR, "not the password"),
+            ("right", OPERATOR, PASSWORD),
+        ]:
+            spy.reset()
+            await console.sign_in(username, password)
+            costs[name] = (spy.verified, spy.hashed)
+    assert costs == {"unknown": (1, 0), "wrong": (1, 0), "right": (1, 0)}
 
 
 async def test_sign_in_is_rate_limited_per_username(console: ConsoleClient) -> None:

@@ -37,6 +37,7 @@ def desk(services: Services, session: AsyncSession, clock: datetime = NOW) -> Op
         delivery=Delivery(settings, session, services.keyring, lambda: None),
         recovery=services.recovery(session),
         audit=AuditLog(session, services.keyring),
+        redis=services.redis,
         clock=lambda: clock,
     )
 
