@@ -278,7 +278,7 @@ class DeskSignIn:
 
     async def may_try(self, caller: str) -> bool:
         """Whether this number may try a PIN now (counts nothing)."""
-        return await self._limiter.peek(*await self._checks(caller)) is None
+        return (await self._limiter.peek(*await self._checks(caller))).allowed
 
     async def check(self, call_sid: str, caller: str, desk_number: str, pin: str) -> DeskVerdict:
         """Check a desk number and PIN, once per call; audited without the PIN."""
