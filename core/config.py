@@ -33,11 +33,60 @@ class OperatorRoute(StrEnum):
 
 
 class UnsafeSettingsError(Exception):
-    """Raised when settings would be unsafe.
+    """Raised when settings would be unsafe (or cannot work, like a database URL without a driver).
 
     Not a ValueError on purpose: pydantic lets it through unwrapped, so start-up fails with our
     one clear sentence rather than a validation dump that quotes the values (the secrets).
     """
+
+
+# --- Connection URLs as operators write them (§7) --------------------------------------------
+DATABASE_URL_HELP = (
+    "write sqlite:///path/to/eirc-gateway.db (a file; four slashes for an absolute path) "
+    "or postgresql://user:password@host:5432/dbname"
+)
+_SQLITE_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "sqlite+aiosqlite"})
+_POSTGRES_DRIVERS = frozenset(
+    {"postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg", "postgresql+asyncpg"}
+)
+
+
+def normalize_database_url(url: str) -> str:
+    """The async-driver form of a database URL as an operator writes it; refuses others.
+
+    `sqlite:///x.db` gets aiosqlite, `postgresql://` (`postgres://`, `+psycopg2`) asyncpg, and a
+    libpq `sslmode=` becomes asyncpg's `ssl=`. The refusal names the scheme, never the URL (it may
+    hold a password).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = url.strip()
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UnsafeSettingsError(
+            f"GATEWAY_DATABASE_URL is not a URL (no scheme://): {DATABASE_URL_HELP}."
+        ) from None
+    driver = parsed.drivername.lower()
+    # Only the scheme is replaced: the rest stays exactly as written (quoting, `:memory:`).
+    rest = url.split("://", 1)[1]
+    if driver in _SQLITE_DRIVERS:
+        return f"sqlite+aiosqlite://{rest}"
+    if driver in _POSTGRES_DRIVERS:
+        if "sslmode" not in parsed.query:
+            return f"postgresql+asyncpg://{rest}"
+        query = dict(parsed.query)
+        query["ssl"] = query.pop("sslmode")
+        return parsed.set(drivername="postgresql+asyncpg", query=query).render_as_string(
+            hide_password=False
+        )
+    raise UnsafeSettingsError(
+        f"GATEWAY_DATABASE_URL: the gateway cannot use {driver}:// databases; {DATABASE_URL_HELP}."
+    )
+
+
+# --- end of connection URLs -------------------------------------------------------------------
 
 
 class Settings(BaseSettings):
@@ -154,6 +203,11 @@ class Settings(BaseSettings):
     # Extra days off, e.g. ["2026-12-30"]; Russia's official holidays come from `holidays`.
     operator_holidays: list[date] = []
     operator_official_holidays: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_database_url(cls, value: str) -> str:
+        return normalize_database_url(value)
 
     @field_validator("operator_number")
     @classmethod
