@@ -209,6 +209,11 @@ class Settings(BaseSettings):
     def _normalize_database_url(cls, value: str) -> str:
         return normalize_database_url(value)
 
+    @field_validator("smtp_url", mode="before")
+    @classmethod
+    def _empty_smtp_url_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("operator_number")
     @classmethod
     def _check_operator_number(cls, value: str) -> str:
@@ -248,6 +253,16 @@ class Settings(BaseSettings):
     # On shutdown, how long in-flight sends may take to finish; unsent rows stay queued.
     outbox_shutdown_grace_seconds: Annotated[float, Field(ge=0, le=60)] = 10.0
 
+    # --- E-mail notices (§6.8, §7; core/mail.py, docs/operations.md) ----------------------
+    # The billing centre's relay: smtp://host:25, smtp+starttls://user:password@host:587 or
+    # smtps://user:password@host:465. Unset: e-mails stay in the outbox (`eirc-gateway outbox`).
+    smtp_url: SecretStr | None = None
+    # The From header, e.g. "ЕИРЦ <noreply@eirc.example.ru>"; required with GATEWAY_SMTP_URL.
+    mail_from: str = ""
+    # Connecting and each SMTP command.
+    smtp_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+    # --- end of the e-mail block ------------------------------------------------------------
+
     log_json: bool = False
     log_level: str = "INFO"
 
@@ -284,9 +299,22 @@ class Settings(BaseSettings):
             raise UnsafeSettingsError(
                 "GATEWAY_TEMP_PASSWORD_ALPHABET needs at least 16 characters."
             )
+        if self.smtp_url is not None:
+            self._check_mail()
         if self.environment is Environment.production:
             self._refuse_unsafe_production()
         return self
+
+    def _check_mail(self) -> None:
+        from core.mail import mail_address, parse_smtp_url
+
+        assert self.smtp_url is not None
+        parse_smtp_url(self.smtp_url.get_secret_value())
+        if not mail_address(self.mail_from):
+            raise UnsafeSettingsError(
+                "GATEWAY_SMTP_URL needs GATEWAY_MAIL_FROM, the sender's address, "
+                'e.g. "ЕИРЦ <noreply@eirc.example.ru>".'
+            )
 
     def _refuse_unsafe_production(self) -> None:
         problems: list[str] = []

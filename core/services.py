@@ -14,6 +14,7 @@ from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker
 from core.delivery import Delivery, Messenger, build_messenger
 from core.dispatch import Dispatcher, RetryPolicy
+from core.mail import build_mailer
 from core.models import OutboxMessage
 from core.recovery import RecoveryService
 from core.redis import create_redis
@@ -47,6 +48,7 @@ class Services:
         sessionmaker = create_sessionmaker(engine)
         keyring = Keyring(settings)
         messenger = messenger or build_messenger(settings)
+        prompts = load_catalogue()
         services: Services
 
         async def on_failure(session: AsyncSession, row: OutboxMessage) -> None:
@@ -63,10 +65,15 @@ class Services:
             redis=create_redis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds),
             keyring=keyring,
             messenger=messenger,
-            prompts=load_catalogue(),
+            prompts=prompts,
             verifier=SignatureVerifier(settings),
             dispatcher=Dispatcher(
-                sessionmaker, messenger, keyring, on_failure, RetryPolicy.from_settings(settings)
+                sessionmaker,
+                messenger,
+                keyring,
+                on_failure,
+                RetryPolicy.from_settings(settings),
+                mailer=build_mailer(settings, prompts),
             ),
         )
         return services
