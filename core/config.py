@@ -261,6 +261,9 @@ class Settings(BaseSettings):
     mail_from: str = ""
     # Connecting and each SMTP command.
     smtp_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+    # CA certificates (PEM) for a relay whose certificate an internal CA signed; unset: the
+    # system's CAs. The relay's certificate is always checked (TLS and STARTTLS).
+    smtp_ca_file: str | None = None
     # --- end of the e-mail block ------------------------------------------------------------
 
     log_json: bool = False

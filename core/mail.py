@@ -111,6 +111,7 @@ class SmtpMailer:
         self._from = settings.mail_from
         self._sender = mail_address(settings.mail_from)
         self._timeout = settings.smtp_timeout_seconds
+        self._ca_file = settings.smtp_ca_file
         self._prompts = prompts
 
     def __repr__(self) -> str:
@@ -142,13 +143,20 @@ class SmtpMailer:
             hostname=relay.hostname,
             port=relay.port,
             use_tls=relay.use_tls,
-            start_tls=relay.start_tls,
+            start_tls=False,  # below, after checking that the relay offers it
             timeout=self._timeout,
+            cert_bundle=self._ca_file,
         )
         try:
             try:
                 await client.connect()
+                await client.ehlo()
+                if relay.start_tls:
+                    _require(client, "starttls")
+                    await client.starttls()
+                    await client.ehlo()  # what the relay offers once encrypted (AUTH)
                 if relay.username is not None:
+                    _require(client, "auth")
                     await client.login(relay.username, relay.password or "")
                 await client.mail(self._sender)
                 await client.rcpt(to)
@@ -176,6 +184,13 @@ class SmtpMailer:
         finally:
             client.close()
         return str(message["Message-ID"])[:64]
+
+
+def _require(client: aiosmtplib.SMTP, extension: str) -> None:
+    """STARTTLS or AUTH that the URL asks for and the relay does not offer: the settings must
+    change, so this is permanent (a plain-text fallback would send the password in the clear)."""
+    if not client.supports_extension(extension):
+        raise aiosmtplib.SMTPNotSupported(f"{extension} not offered")
 
 
 def _answered(code: int) -> DeliveryFailed:

@@ -12,6 +12,7 @@ import email
 import email.policy
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -101,14 +102,21 @@ class SmtpServer:
         return list(self.handler.received)
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    """A fresh SMTP server on 127.0.0.1 for one test."""
-    handler = Handler()
+@contextmanager
+def running_smtp_server(handler: Handler | None = None, **options: Any) -> Iterator[SmtpServer]:
+    """An SMTP server on 127.0.0.1; `options` go to aiosmtpd (TLS contexts, authenticator)."""
+    handler = handler or Handler()
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
     controller.start()
     try:
         yield SmtpServer("127.0.0.1", port, handler)
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """A fresh plain SMTP server on 127.0.0.1 for one test."""
+    with running_smtp_server() as server:
+        yield server

@@ -6,10 +6,16 @@ retried with backoff, a connection lost after DATA is ambiguous and never repeat
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
+from aiosmtpd.smtp import AuthResult
 from pydantic import SecretStr
 from sqlalchemy import select
 
@@ -21,7 +27,7 @@ from core.mail import SmtpMailer, SmtpRelay, mask_email, parse_smtp_url
 from core.models import OutboxMessage
 from tests.core.test_dispatch import Env, ScriptedMessenger, make_env
 from tests.servers import free_port
-from tests.smtp_server import SmtpServer
+from tests.smtp_server import SmtpServer, running_smtp_server
 from voice_prompts import load_catalogue
 
 TO = "e.smirnova@example.ru"
@@ -205,3 +211,123 @@ def test_the_lease_outlasts_an_smtp_conversation(settings: Settings) -> None:
         update={"smtp_timeout_seconds": 30.0}
     )
     assert RetryPolicy.from_settings(slow).lease_seconds == 6 * 30.0
+
+
+# -- TLS and login -------------------------------------------------------------------------
+
+
+@dataclass
+class Logins:
+    """aiosmtpd's authenticator: accepts one user and password, records every try."""
+
+    user: str
+    password: str
+    tries: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(
+        self, server: object, session: object, envelope: object, mechanism: str, data: Any
+    ) -> AuthResult:
+        login, password = data.login.decode(), data.password.decode()
+        self.tries.append((login, password))
+        accepted = (login, password) == (self.user, self.password)
+        return AuthResult(success=accepted, handled=False)  # handled=False: aiosmtpd answers 535
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made by openssl; (certificate, key)."""
+    folder = tmp_path_factory.mktemp("smtp-tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def server_tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*map(str, certificate))
+    return context
+
+
+async def test_starttls_with_login_over_a_checked_certificate(
+    env: Env, certificate: tuple[Path, Path]
+) -> None:
+    logins = Logins("eirc@relay", "p:ss w0rd")
+    with running_smtp_server(
+        tls_context=server_tls(certificate),
+        require_starttls=True,
+        authenticator=logins,
+        auth_require_tls=True,
+    ) as server:
+        env.settings = env.settings.model_copy(update={"smtp_ca_file": str(certificate[0])})
+        row_id = await queue_email(env)
+        url = f"smtp+starttls://eirc%40relay:p%3Ass%20w0rd@127.0.0.1:{server.port}"
+        assert await dispatcher(env, url).drain() == 1
+        assert (await env.row(row_id)).status == "sent"
+        assert len(await server.wait_for(1)) == 1
+    assert logins.tries == [("eirc@relay", "p:ss w0rd")]
+
+
+async def test_a_wrong_password_is_permanent(env: Env, certificate: tuple[Path, Path]) -> None:
+    with running_smtp_server(
+        tls_context=server_tls(certificate),
+        require_starttls=True,
+        authenticator=Logins("eirc", "right"),
+    ) as server:
+        env.settings = env.settings.model_copy(update={"smtp_ca_file": str(certificate[0])})
+        row_id = await queue_email(env)
+        url = f"smtp+starttls://eirc:wrong@127.0.0.1:{server.port}"
+        assert await dispatcher(env, url).drain() == 1
+    row = await env.row(row_id)
+    assert (row.status, row.reason, row.error_code) == ("failed", "permanent", "smtp_535")
+
+
+async def test_smtps_from_the_first_byte(env: Env, certificate: tuple[Path, Path]) -> None:
+    with running_smtp_server(ssl_context=server_tls(certificate)) as server:
+        env.settings = env.settings.model_copy(update={"smtp_ca_file": str(certificate[0])})
+        row_id = await queue_email(env)
+        assert await dispatcher(env, f"smtps://127.0.0.1:{server.port}").drain() == 1
+        assert (await env.row(row_id)).status == "sent"
+        assert len(await server.wait_for(1)) == 1
+
+
+async def test_an_untrusted_certificate_is_not_accepted(
+    env: Env, certificate: tuple[Path, Path]
+) -> None:
+    with running_smtp_server(ssl_context=server_tls(certificate)) as server:
+        row_id = await queue_email(env)  # no smtp_ca_file: the system's CAs do not know it
+        assert await dispatcher(env, f"smtps://127.0.0.1:{server.port}").drain() == 1
+        assert server.handler.received == []
+    row = await env.row(row_id)
+    assert (row.status, row.error_code) == ("queued", "smtp_connect")
+
+
+async def test_starttls_required_but_not_offered_is_permanent(
+    env: Env, smtp_server: SmtpServer
+) -> None:
+    row_id = await queue_email(env)
+    url = f"smtp+starttls://127.0.0.1:{smtp_server.port}"
+    assert await dispatcher(env, url).drain() == 1
+    row = await env.row(row_id)
+    assert (row.status, row.error_code) == ("failed", "smtp_unsupported")
+    assert smtp_server.handler.received == []
