@@ -21,6 +21,7 @@ import contextlib
 import secrets
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import format_datetime, parseaddr
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -132,11 +133,15 @@ class SmtpMailer:
         message["Message-ID"] = f"<{secrets.token_hex(12)}@{domain}>"
         # RFC 3834: no auto-replies ("out of office") to an automatic notice.
         message["Auto-Submitted"] = "auto-generated"
-        message.set_content(body, charset="utf-8")
+        # base64: no relay needs 8BITMIME for it.
+        message.set_content(body, charset="utf-8", cte="base64")
         return message
 
     async def send_email(self, *, to: str, body: str, purpose: str) -> str:
         """Send one e-mail; returns its Message-ID (recorded as the row's provider id)."""
+        if not to.isascii() or not mail_address(to):
+            # Not an address we can send to (an internationalised one needs SMTPUTF8): for good.
+            raise DeliveryFailed("not a deliverable address", error_code="smtp_address")
         message = self.compose(to=to, body=body, purpose=purpose)
         relay = self._relay
         client = aiosmtplib.SMTP(
@@ -173,7 +178,7 @@ class SmtpMailer:
                     "SMTP relay unreachable", error_code="smtp_connect"
                 ) from None
             try:
-                await client.data(message.as_bytes())
+                await client.data(message.as_bytes(policy=SMTP))
             except aiosmtplib.SMTPResponseException as exc:
                 raise _answered(exc.code) from None
             except (aiosmtplib.SMTPException, OSError):

@@ -91,6 +91,8 @@ async def test_a_queued_email_arrives_as_a_proper_plain_text_message(
     )
     assert message.get_content_type() == "text/plain"
     assert message.get_content_charset() == "utf-8"
+    assert message["Content-Transfer-Encoding"] == "base64"  # 7-bit clean for any relay
+    assert message["Auto-Submitted"] == "auto-generated"
     assert mail.text == BODY
     row = await env.row(row_id)
     assert row.status == "sent" and row.attempts == 1
@@ -132,6 +134,20 @@ async def test_a_451_is_retried_with_backoff_then_sent(env: Env, smtp_server: Sm
     row = await env.row(row_id)
     assert row.status == "sent" and row.attempts == 2
     assert len(await smtp_server.wait_for(1)) == 1 and smtp_server.handler.attempts == 2
+
+
+async def test_an_address_that_smtp_cannot_take_fails_at_once(
+    env: Env, smtp_server: SmtpServer
+) -> None:
+    async with transaction(env.sessionmaker) as session:
+        delivery = Delivery(env.settings, session, env.keyring, lambda: None)
+        await delivery.email("жители@почта.рф", BODY, "notice")
+    async with env.sessionmaker() as session:
+        row_id = await session.scalar(select(OutboxMessage.id))
+    assert row_id is not None
+    assert await dispatcher(env, smtp_server.url).drain() == 1
+    row = await env.row(row_id)
+    assert (row.status, row.reason, row.error_code) == ("failed", "permanent", "smtp_address")
 
 
 async def test_no_connection_is_retried(env: Env) -> None:
