@@ -32,7 +32,12 @@ lint: install
 # pytest exits 5 when it collected no test: a suite that ran nothing has not passed.
 TEST_DATABASES ?= sqlite postgresql
 
-test: system install node_modules/.package-lock.json lint
+# deploy/ checked by the programs that read it: nginx -t and systemd-analyze verify.
+.PHONY: check-deploy
+check-deploy: system
+	./scripts/check-deploy
+
+test: system install node_modules/.package-lock.json lint check-deploy
 	@for database in $(TEST_DATABASES); do \
 		echo "==> pytest on $$database"; \
 		status=0; $(UV) run pytest --database=$$database $(PYTEST_ARGS) || status=$$?; \

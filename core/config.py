@@ -41,11 +41,60 @@ class OperatorRoute(StrEnum):
 
 
 class UnsafeSettingsError(Exception):
-    """Raised when settings would be unsafe.
+    """Raised when settings would be unsafe (or cannot work, like a database URL without a driver).
 
     Not a ValueError on purpose: pydantic lets it through unwrapped, so start-up fails with our
     one clear sentence rather than a validation dump that quotes the values (the secrets).
     """
+
+
+# --- Connection URLs as operators write them (§7) --------------------------------------------
+DATABASE_URL_HELP = (
+    "write sqlite:///path/to/eirc-gateway.db (a file; four slashes for an absolute path) "
+    "or postgresql://user:password@host:5432/dbname"
+)
+_SQLITE_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "sqlite+aiosqlite"})
+_POSTGRES_DRIVERS = frozenset(
+    {"postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg", "postgresql+asyncpg"}
+)
+
+
+def normalize_database_url(url: str) -> str:
+    """The async-driver form of a database URL as an operator writes it; refuses others.
+
+    `sqlite:///x.db` gets aiosqlite, `postgresql://` (`postgres://`, `+psycopg2`) asyncpg, and a
+    libpq `sslmode=` becomes asyncpg's `ssl=`. The refusal names the scheme, never the URL (it may
+    hold a password).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = url.strip()
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UnsafeSettingsError(
+            f"GATEWAY_DATABASE_URL is not a URL (no scheme://): {DATABASE_URL_HELP}."
+        ) from None
+    driver = parsed.drivername.lower()
+    # Only the scheme is replaced: the rest stays exactly as written (quoting, `:memory:`).
+    rest = url.split("://", 1)[1]
+    if driver in _SQLITE_DRIVERS:
+        return f"sqlite+aiosqlite://{rest}"
+    if driver in _POSTGRES_DRIVERS:
+        if "sslmode" not in parsed.query:
+            return f"postgresql+asyncpg://{rest}"
+        query = dict(parsed.query)
+        query["ssl"] = query.pop("sslmode")
+        return parsed.set(drivername="postgresql+asyncpg", query=query).render_as_string(
+            hide_password=False
+        )
+    raise UnsafeSettingsError(
+        f"GATEWAY_DATABASE_URL: the gateway cannot use {driver}:// databases; {DATABASE_URL_HELP}."
+    )
+
+
+# --- end of connection URLs -------------------------------------------------------------------
 
 
 class Settings(BaseSettings):
@@ -170,6 +219,16 @@ class Settings(BaseSettings):
     operator_holidays: list[date] = []
     operator_official_holidays: bool = True
 
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_database_url(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @field_validator("smtp_url", mode="before")
+    @classmethod
+    def _empty_smtp_url_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("operator_number")
     @classmethod
     def _check_operator_number(cls, value: str) -> str:
@@ -257,6 +316,18 @@ class Settings(BaseSettings):
         return [entry.strip() for entry in value]
 
     # --- end of the issue 10 block -------------------------------------------------------------
+    # --- E-mail notices (§6.8, §7; core/mail.py, docs/operations.md) ----------------------
+    # The billing centre's relay: smtp://host:25, smtp+starttls://user:password@host:587 or
+    # smtps://user:password@host:465. Unset: e-mails stay in the outbox (`eirc-gateway outbox`).
+    smtp_url: SecretStr | None = None
+    # The From header, e.g. "ЕИРЦ <noreply@eirc.example.ru>"; required with GATEWAY_SMTP_URL.
+    mail_from: str = ""
+    # Connecting and each SMTP command.
+    smtp_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+    # CA certificates (PEM) for a relay whose certificate an internal CA signed; unset: the
+    # system's CAs. The relay's certificate is always checked (TLS and STARTTLS).
+    smtp_ca_file: str | None = None
+    # --- end of the e-mail block ------------------------------------------------------------
 
     log_json: bool = False
     log_level: str = "INFO"
@@ -302,6 +373,8 @@ class Settings(BaseSettings):
             raise UnsafeSettingsError(
                 "GATEWAY_TEMP_PASSWORD_ALPHABET needs at least 16 characters."
             )
+        if self.smtp_url is not None:
+            self._check_mail()
         # Every environment but development is held to production's rules.
         if self.environment is not Environment.development:
             self._refuse_unsafe_production()
@@ -336,6 +409,17 @@ class Settings(BaseSettings):
             raise UnsafeSettingsError(
                 "Mutual TLS needs both GATEWAY_DIRECTORY_CLIENT_CERT and "
                 "GATEWAY_DIRECTORY_CLIENT_KEY."
+            )
+
+    def _check_mail(self) -> None:
+        from core.mail import mail_address, parse_smtp_url
+
+        assert self.smtp_url is not None
+        parse_smtp_url(self.smtp_url.get_secret_value())
+        if not mail_address(self.mail_from):
+            raise UnsafeSettingsError(
+                "GATEWAY_SMTP_URL needs GATEWAY_MAIL_FROM, the sender's address, "
+                'e.g. "ЕИРЦ <noreply@eirc.example.ru>".'
             )
 
     def _refuse_unsafe_production(self) -> None:

@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
+from core.config import normalize_database_url
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -65,8 +67,10 @@ def create_engine(url: str, *, timeout_seconds: float | None = None) -> AsyncEng
     `timeout_seconds` (the gateway's GATEWAY_DATABASE_TIMEOUT_SECONDS) bounds connecting, waiting
     for a pooled connection and each statement on PostgreSQL, so that a database that is down or
     stalled fails a webhook quickly. Migrations and the CLI pass none: a long migration or import
-    statement must not be cut short.
+    statement must not be cut short. The URL may be written as operators do (`sqlite:///x.db`,
+    `postgresql://...`): it gets the async driver here too, not only in Settings.
     """
+    url = normalize_database_url(url)
     if url.startswith("sqlite"):
         return create_async_engine(url, connect_args={"timeout": 30})
     connect_args: dict[str, float] = {}

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.config import Settings
@@ -61,6 +61,7 @@ from core.delivery import (
     current_outbox_key,
     further,
 )
+from core.mail import Mailer, mask_email
 from core.metrics import OUTBOUND, OUTBOUND_FAILURES, OUTBOUND_RETRIES, OUTBOX_PENDING
 from core.models import OutboundChannel, OutboxMessage
 from core.phones import mask_phone
@@ -97,7 +98,12 @@ class RetryPolicy:
             max_attempts=settings.outbox_max_attempts,
             base_seconds=settings.outbox_retry_base_seconds,
             max_seconds=settings.outbox_retry_max_seconds,
-            lease_seconds=max(settings.outbox_lease_seconds, 2 * settings.twilio_timeout_seconds),
+            # An SMTP conversation is up to six commands (connect ... DATA), each bounded.
+            lease_seconds=max(
+                settings.outbox_lease_seconds,
+                2 * settings.twilio_timeout_seconds,
+                6 * settings.smtp_timeout_seconds if settings.smtp_url else 0,
+            ),
         )
 
     def ceiling(self, attempt: int) -> float:
@@ -129,9 +135,12 @@ class Dispatcher:
         *,
         clock: Clock = utcnow,
         jitter: Jitter = random.uniform,
+        mailer: Mailer | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._messenger = messenger
+        # Without a mailer (no GATEWAY_SMTP_URL) e-mails are left in the outbox, untouched.
+        self._mailer = mailer
         self._keyring = keyring
         self._on_failure = on_failure
         self.policy = policy
@@ -205,11 +214,7 @@ class Dispatcher:
                     for message_id in (
                         await session.scalars(
                             select(OutboxMessage.id)
-                            .where(
-                                OutboxMessage.status == "queued",
-                                OutboxMessage.channel != OutboundChannel.email,
-                                _due(now),
-                            )
+                            .where(OutboxMessage.status == "queued", self._ours(), _due(now))
                             .order_by(OutboxMessage.id)
                             .limit(BATCH + len(seen))
                         )
@@ -231,8 +236,7 @@ class Dispatcher:
             waiting, earliest = (
                 await session.execute(
                     select(func.count(), func.min(OutboxMessage.next_attempt_at)).where(
-                        OutboxMessage.status.in_(("queued", "claimed", "sending")),
-                        OutboxMessage.channel != OutboundChannel.email,
+                        OutboxMessage.status.in_(("queued", "claimed", "sending")), self._ours()
                     )
                 )
             ).one()
@@ -242,6 +246,12 @@ class Dispatcher:
         if earliest is None:
             return 0.0
         return max(0.0, (earliest - self._clock()).total_seconds())
+
+    def _ours(self) -> ColumnElement[bool]:
+        """The rows this dispatcher sends: e-mails only when it has a mailer."""
+        if self._mailer is None:
+            return OutboxMessage.channel != OutboundChannel.email
+        return true()
 
     @property
     def stopping(self) -> bool:
@@ -315,6 +325,9 @@ class Dispatcher:
         try:
             if channel is OutboundChannel.call:
                 result = await self._messenger.place_call(to=to, url=url, purpose=purpose)
+            elif channel is OutboundChannel.email:
+                assert self._mailer is not None  # rows are only claimed with a mailer
+                result = await self._mailer.send_email(to=to, body=body, purpose=purpose)
             else:
                 result = await self._messenger.send_sms(to=to, body=body, purpose=purpose)
         except DeliveryFailed as exc:
@@ -339,11 +352,11 @@ class Dispatcher:
             row.status, row.provider_sid, row.reason = further(row.status, "sent"), result, None
             row.next_attempt_at = None
             _release(row)
-            if not self._messenger.keeps_messages:
+            if row.channel is OutboundChannel.email or not self._messenger.keeps_messages:
                 # Handed over: the provider has the text now; ours would only be a liability.
                 row.body = ""
             OUTBOUND.labels(channel=row.channel, purpose=row.purpose, result="sent").inc()
-            log.info("outbound.sent", to=mask_phone(row.to_number), purpose=row.purpose)
+            log.info("outbound.sent", to=_masked_to(row), purpose=row.purpose)
             return
         if not mine or row.status != "sending":
             # The lease ran out and the row was settled elsewhere (or a status callback, via
@@ -369,11 +382,11 @@ class Dispatcher:
         row.status, row.reason, row.next_attempt_at = "queued", "retrying", due
         _release(row)
         self._rescheduled.set()
-        error_kind = "http_5xx" if result.error_code.startswith("http_5") else result.error_code
+        error_kind = _error_kind(result.error_code)
         OUTBOUND_RETRIES.labels(channel=row.channel, purpose=row.purpose, error=error_kind).inc()
         log.warning(
             "outbound.retry_scheduled",
-            to=mask_phone(row.to_number),
+            to=_masked_to(row),
             purpose=row.purpose,
             attempt=row.attempts,
             error=result.error_code,
@@ -398,7 +411,7 @@ class Dispatcher:
         OUTBOUND_FAILURES.labels(channel=row.channel, purpose=row.purpose, reason=reason).inc()
         log.warning(
             "outbound.failed",
-            to=mask_phone(row.to_number),
+            to=_masked_to(row),
             purpose=row.purpose,
             reason=reason,
             error=row.error_code,
@@ -457,6 +470,20 @@ class Dispatcher:
 
 def _due(now: datetime) -> ColumnElement[bool]:
     return or_(OutboxMessage.next_attempt_at.is_(None), OutboxMessage.next_attempt_at <= now)
+
+
+def _masked_to(row: OutboxMessage) -> str:
+    if row.channel is OutboundChannel.email:
+        return mask_email(row.to_number)
+    return mask_phone(row.to_number)
+
+
+def _error_kind(error_code: str) -> str:
+    """A metric label from an error code: `http_503` -> `http_5xx`, `smtp_451` -> `smtp_4xx`."""
+    for prefix in ("http_5", "smtp_4", "smtp_5"):
+        if error_code.startswith(prefix) and error_code[len(prefix) :].isdigit():
+            return f"{prefix}xx"
+    return error_code
 
 
 def _release(row: OutboxMessage) -> None:

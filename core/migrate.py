@@ -8,6 +8,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from core.config import normalize_database_url
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -15,7 +17,7 @@ def alembic_config(url: str) -> Config:
     """An Alembic config for the project's migrations and a database URL."""
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(ROOT / "migrations"))
-    config.attributes["database_url"] = url
+    config.attributes["database_url"] = normalize_database_url(url)
     return config
 
 

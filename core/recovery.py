@@ -455,14 +455,17 @@ class RecoveryService:
             if mobile.e164 != already_told:
                 notified += await self._delivery.sms(mobile.e164, text, "notice")
         if record.email:
-            channel_name = self._prompts.text(f"email.channel_{attempt.channel}", attempt.language)
-            text = self._prompts.text(
-                "email.recovery_notice",
-                attempt.language,
-                channel=channel_name,
-                hotline=self._settings.hotline_number,
+            # Russian, then the same in English: one mail for whoever reads it.
+            text = "\n\n".join(
+                self._prompts.text(
+                    "email.recovery_notice",
+                    language,
+                    channel=self._prompts.text(f"email.channel_{attempt.channel}", language),
+                    hotline=self._settings.hotline_number,
+                )
+                for language in (Language.ru, Language.en)
             )
-            notified += await self._delivery.email(record.email, text, purpose="notice")
+            notified += await self._delivery.email(record.email, text + "\n", purpose="notice")
         await self._audit.record(
             "recovery.notified",
             channel=attempt.channel,

@@ -15,6 +15,7 @@ from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker
 from core.delivery import Delivery, Messenger, build_messenger
 from core.dispatch import Dispatcher, RetryPolicy
+from core.mail import build_mailer
 from core.models import OutboxMessage
 from core.passwords import configure_hashing
 from core.recovery import RecoveryService
@@ -52,6 +53,7 @@ class Services:
         sessionmaker = create_sessionmaker(engine)
         keyring = Keyring(settings)
         messenger = messenger or build_messenger(settings)
+        prompts = load_catalogue()
         services: Services
 
         async def on_failure(session: AsyncSession, row: OutboxMessage) -> None:
@@ -68,10 +70,15 @@ class Services:
             redis=create_redis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds),
             keyring=keyring,
             messenger=messenger,
-            prompts=load_catalogue(),
+            prompts=prompts,
             verifier=SignatureVerifier(settings),
             dispatcher=Dispatcher(
-                sessionmaker, messenger, keyring, on_failure, RetryPolicy.from_settings(settings)
+                sessionmaker,
+                messenger,
+                keyring,
+                on_failure,
+                RetryPolicy.from_settings(settings),
+                mailer=build_mailer(settings, prompts),
             ),
             cabinet=CabinetClient(settings) if settings.directory is DirectoryKind.http else None,
         )
