@@ -190,7 +190,7 @@ async def test_a_code_heard_on_the_phone_on_file_cannot_finish_a_strangers_threa
     await callback.press("5")
     spoken = SPOKEN_CODE.search(callback.text)
     assert spoken, callback.text
-    code = PROMPTS_DIGITS(spoken.group(1))
+    code = spoken_digits(spoken.group(1))
     # ...which the stranger learns and texts back: refused, nothing changed, how to go on.
     assert await stranger.text(code) == [sms_reply("sms.reply_wrong_phone")]
     events = [event for event, _ in await audit_events(gateway.settings)]
@@ -206,8 +206,9 @@ def failures_key(services: Services) -> str:
     return f"fails:{services.keyring.reference(MOBILE_ONLY)}"
 
 
-def PROMPTS_DIGITS(words: str) -> str:  # noqa: N802 - reads like the catalogue it inverts
-    names = ["ноль", "один", "два", "три", "четыре", "пять", "шесть", "семь", "восемь", "девять"]
+def spoken_digits(words: str) -> str:
+    """The digits of a code as the call reads it ("один, два, …")."""
+    names = PROMPTS.words("spelling.digits", Language.ru)
     return "".join(str(names.index(word)) for word in words.split(", "))
 
 

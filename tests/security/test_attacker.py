@@ -31,6 +31,7 @@ from tests.conftest import (
     TWO_MOBILES_EMAIL,
     Gateway,
 )
+from tests.security.test_abuse import SPOKEN_CODE, spoken_digits
 from tests.twilio_driver import Call, Phone, Twilio
 from voice_prompts import Language, load_catalogue
 
@@ -47,7 +48,6 @@ PHONES_ON_FILE = {
 }
 SECRET_STATES = {"secret_ready"}
 CODE = re.compile(r"\b(\d{6})\b")
-SPOKEN_CODE = re.compile(r"Ваш код: ([а-яё, ]+)\.")
 PROMPTS = load_catalogue()
 
 
@@ -368,8 +368,7 @@ async def test_a_stranger_with_many_numbers_cannot_stop_the_resident(
         await call.press("5")
         spoken = SPOKEN_CODE.search(call.text)
         assert spoken, call.text
-        digits = PROMPTS.words("spelling.digits", Language.ru)
-        code_text = "".join(str(digits.index(word)) for word in spoken.group(1).split(", "))
+        code_text = spoken_digits(spoken.group(1))
     else:
         codes = [m for m in gateway.messenger.to(MOBILE) if m.purpose == "code"]
         assert codes, "the resident got no code"
