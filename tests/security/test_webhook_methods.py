@@ -23,6 +23,8 @@ WEBHOOK_PATHS = [
     "/ivr/queue-result",
     "/ivr/queue-connect",
     "/ivr/operator-desk",
+    "/ivr/operator-desk/number",
+    "/ivr/operator-desk/pin",
     "/ivr/status",
     "/sms/inbound",
     "/sms/status",
