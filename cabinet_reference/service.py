@@ -30,7 +30,8 @@ class TemporaryPasswordRequest(BaseModel):
     expires_at: str = Field(pattern=_RFC3339_UTC_SECONDS)
     must_change: Literal[True]
     channel: Literal["voice", "sms", "console"]
-    reference: str = Field(min_length=1, max_length=64)
+    # It travels as the Idempotency-Key header too, so only visible ASCII can match it faithfully.
+    reference: str = Field(min_length=1, max_length=64, pattern=r"^[!-~]+$")
 
     @field_validator("expires_at")
     @classmethod

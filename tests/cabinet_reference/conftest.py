@@ -78,7 +78,7 @@ def compact(body: dict[str, object]) -> bytes:
 
 def password_body(
     reference: str = "r-5f1c2a9e",
-    password: str = "k7mz2p9rbt",
+    password: str = "k7mz2p9rbt",  # noqa: S107
     expires_at: str = "2026-01-01T01:00:00Z",
     channel: str = "voice",
 ) -> dict[str, object]:

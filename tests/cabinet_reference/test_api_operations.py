@@ -125,9 +125,7 @@ async def test_put_for_a_disabled_account_is_403_and_changes_nothing(cabinet: Ca
 
 
 @pytest.mark.parametrize("password", ["k7mz2p9", "", " k7mz2p9rbt", "k7mz2p9r\n", "x" * 129])
-async def test_put_of_a_password_the_policy_refuses_is_422(
-    cabinet: Cabinet, password: str
-) -> None:
+async def test_put_of_a_password_the_policy_refuses_is_422(cabinet: Cabinet, password: str) -> None:
     response = await cabinet.put_password(body=password_body(password=password))
     assert response.status_code == 422
     assert response.json() == {"error": "password_policy"}
@@ -151,7 +149,9 @@ async def test_the_password_policy_is_configurable(tmp_path: Path) -> None:
         target = f"{PREFIX}/accounts/{KNOWN}/temporary-password"
         for reference, password, status in (("a", "k7mz2p9rbt", 422), ("b", "k7mz2p9rbt23", 204)):
             body = compact(password_body(reference=reference, password=password))
-            response = await client.put(target, content=body, headers={"Idempotency-Key": reference})
+            response = await client.put(
+                target, content=body, headers={"Idempotency-Key": reference}
+            )
             assert response.status_code == status
 
 
