@@ -20,6 +20,16 @@ _templates = Environment(
     autoescape=select_autoescape(default=True),
 )
 
+# No script at all, no framing, nothing cached: the pages show account data.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
+
 REFUSED = "Неверный номер лицевого счёта или пароль."
 EXPIRED = "Срок действия временного пароля истёк. Запросите новый пароль по телефону горячей линии."
 MISMATCH = "Пароли не совпадают. Введите новый пароль дважды одинаково."
@@ -52,7 +62,7 @@ def _page(
     """A page with a CSRF token, setting the double-submit cookie if the browser lacks one."""
     token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
     html = _templates.get_template(template).render(csrf_token=token, **context)
-    response = HTMLResponse(html, status_code=status_code)
+    response = HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
     if request.cookies.get(CSRF_COOKIE) != token:
         _set_cookie(response, CSRF_COOKIE, token, config)
     return response

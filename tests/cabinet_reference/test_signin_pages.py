@@ -198,6 +198,17 @@ async def test_a_post_without_the_csrf_token_is_refused(cabinet: Cabinet) -> Non
     assert no_cookie.status_code == 403
 
 
+async def test_pages_forbid_scripts_framing_and_caching(cabinet: Cabinet) -> None:
+    await sign_in(cabinet.raw, KNOWN, INITIAL_PASSWORD)
+    for path in ("/login", "/cabinet"):
+        page = await cabinet.raw.get(path)
+        assert page.status_code == 200
+        policy = page.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["cache-control"] == "no-store"
+
+
 async def test_cookies_are_httponly_and_samesite(cabinet: Cabinet) -> None:
     form = await cabinet.raw.get("/login")
     assert "httponly" in form.headers["set-cookie"].lower()
