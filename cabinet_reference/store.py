@@ -58,7 +58,10 @@ CREATE TABLE IF NOT EXISTS meta (
 
 def to_text(moment: datetime) -> str:
     """A UTC timestamp as stored: ISO 8601 with microseconds, so text order is time order."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment.astimezone(UTC)
+    # Not strftime alone: its %Y drops the leading zeros of years before 1000 (fromisoformat
+    # refuses those).
+    return f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S.%f}Z"
 
 
 def from_text(value: str) -> datetime:

@@ -186,6 +186,17 @@ async def test_put_that_does_not_follow_the_contract_is_400(
     assert account is not None and not account.must_change
 
 
+@pytest.mark.parametrize("expires_at", ["0701-08-04T03:31:26Z", "9999-12-31T23:59:59Z"])
+async def test_any_rfc3339_year_is_stored(cabinet: Cabinet, expires_at: str) -> None:
+    """Found by the contract test: a year before 1000 once made a 500."""
+    response = await cabinet.put_password(body=password_body(expires_at=expires_at))
+    assert response.status_code == 204
+    account = cabinet.store.find_account(KNOWN)
+    assert account is not None and account.password_expires_at is not None
+    assert account.password_expires_at.strftime("%m-%dT%H:%M:%S") == expires_at[5:-1]
+    assert account.password_expires_at.year == int(expires_at[:4])
+
+
 @pytest.mark.parametrize("content", [b"", b"not json", b"[]", b'{"password": "k7mz2p9rbt"}'])
 async def test_put_with_a_malformed_body_is_400(cabinet: Cabinet, content: bytes) -> None:
     response = await cabinet.api.put(
