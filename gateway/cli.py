@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -44,6 +46,8 @@ app.add_typer(phone_app, name="phone")
 console = Console(highlight=False)
 
 DEMO_ACCOUNTS = Path(__file__).with_name("demo_accounts.csv")
+DEMO_CABINET_DB = Path("eirc-demo-cabinet.db")
+DEMO_CABINET_PREFIX = "/recovery/v1"
 DEMO_PHONE = "+79123456789"
 
 
@@ -222,18 +226,28 @@ def demo(
     port: Annotated[int, typer.Option(help="Port for the demo gateway.")] = 8000,
     speak: SpeakOption = False,
 ) -> None:
-    """Import demo accounts, start the gateway and call it from the phone simulator."""
+    """Import demo accounts, start the reference cabinet and the gateway, and call it from the
+    phone simulator."""
+    cabinet_port = port + 100
     os.environ.setdefault("GATEWAY_DATABASE_URL", "sqlite+aiosqlite:///./eirc-demo.db")
+    # The accounts and their passwords live in the reference cabinet (§11), as in production.
+    os.environ["GATEWAY_DIRECTORY"] = "http"
+    os.environ["GATEWAY_DIRECTORY_URL"] = f"http://127.0.0.1:{cabinet_port}{DEMO_CABINET_PREFIX}"
+    os.environ["GATEWAY_DIRECTORY_SECRET"] = secrets.token_hex(24)
     os.environ["GATEWAY_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
     os.environ["GATEWAY_MESSENGER"] = "outbox"
     os.environ["GATEWAY_REDIS_URL"] = "memory://"
     os.environ["GATEWAY_CODE_RESEND_COOLDOWN_SECONDS"] = "10"
     os.environ.setdefault("GATEWAY_LOG_LEVEL", "WARNING")
     settings = Settings()
-    asyncio.run(_demo(settings, phone, port, speak))
+    asyncio.run(_demo(settings, phone, port, cabinet_port, speak))
 
 
-async def _demo(settings: Settings, phone: str, port: int, speak: bool) -> None:
+async def _demo(settings: Settings, phone: str, port: int, cabinet_port: int, speak: bool) -> None:
+    from cabinet_reference.app import create_app as create_cabinet
+    from cabinet_reference.importer import import_csv
+    from cabinet_reference.passwords import Passwords
+    from cabinet_reference.store import Store
     from core.accounts_import import import_accounts_csv
     from gateway.app import create_app
 
@@ -242,7 +256,22 @@ async def _demo(settings: Settings, phone: str, port: int, speak: bool) -> None:
     async with transaction(create_sessionmaker(engine)) as session:
         await import_accounts_csv(session, DEMO_ACCOUNTS, settings)
     await engine.dispose()
-
+    # The reference cabinet holds the same demo accounts, each with a password nobody knows:
+    # a recovery is the way in.
+    store = Store(DEMO_CABINET_DB)
+    await asyncio.to_thread(import_csv, store, DEMO_ACCOUNTS, Passwords())
+    secret = settings.directory_secret.get_secret_value()
+    # In a thread of its own: the browser can sign in while the simulated phone waits for a key.
+    cabinet = uvicorn.Server(
+        uvicorn.Config(
+            create_cabinet(DEMO_CABINET_DB, secret, prefix=DEMO_CABINET_PREFIX),
+            host="127.0.0.1",
+            port=cabinet_port,
+            log_level="warning",
+        )
+    )
+    cabinet_thread = threading.Thread(target=cabinet.run, daemon=True)
+    cabinet_thread.start()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -251,7 +280,9 @@ async def _demo(settings: Settings, phone: str, port: int, speak: bool) -> None:
         await asyncio.sleep(0.05)
     console.print(
         "[bold]EIRC Recovery Gateway demo[/bold] — the gateway runs on "
-        f"http://127.0.0.1:{port}.\nDemo accounts: "
+        f"http://127.0.0.1:{port}; the reference cabinet on "
+        f"[bold]http://127.0.0.1:{cabinet_port}/login[/bold] (sign in there with the temporary "
+        "password you hear).\nDemo accounts: "
         + ", ".join(line.split(",")[0] for line in DEMO_ACCOUNTS.read_text().splitlines()[1:])
         + f".\nYour phone is {phone} (on file for account 1000234528).\n"
         "Type keys and press Enter (e.g. `1`, `1000234528#`); `s:` and words to speak "
@@ -279,3 +310,5 @@ async def _demo(settings: Settings, phone: str, port: int, speak: bool) -> None:
     finally:
         server.should_exit = True
         await serving
+        cabinet.should_exit = True
+        await asyncio.to_thread(cabinet_thread.join, 10)

@@ -25,7 +25,7 @@ from gateway.app import create_app
 from tests.fakes import RecordingMessenger
 from tests.twilio_driver import Call, Twilio
 
-pytest_plugins = ["tests.servers", "tests.smtp_server"]
+pytest_plugins = ["tests.servers", "tests.smtp_server", "tests.cabinet_server"]
 
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC_BASE_URL = "https://hotline.eirc.example"
