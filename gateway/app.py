@@ -6,6 +6,7 @@ import asyncio
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 
 import structlog
 from fastapi import FastAPI, Request, Response
@@ -28,6 +29,8 @@ log = structlog.get_logger(__name__)
 
 
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
+# The contract the cabinet's developers implement (DESIGN §11), shipped with the gateway.
+CABINET_API = Path(__file__).resolve().parents[1] / "docs" / "cabinet-api.yaml"
 
 SWEEP_INTERVAL_SECONDS = 30
 # The sweeper wakes for a retry that falls due sooner, but not more often than this.
@@ -152,6 +155,12 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
             response.status_code = 503
             return "unavailable: " + ", ".join(problems)
         return "ready"
+
+    @app.get("/cabinet-api.yaml", response_class=PlainTextResponse)
+    async def cabinet_api() -> Response:
+        """The cabinet directory API (§11) as OpenAPI: what a billing centre's cabinet serves."""
+        document = await asyncio.to_thread(CABINET_API.read_bytes)
+        return Response(document, media_type="application/yaml")
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -8,6 +8,7 @@ no password at all, and the operator.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from core.accounts_http import CABINET_REQUESTS
 from tests.cabinet_server import INITIAL_PASSWORD, Cabinet
@@ -109,3 +110,13 @@ async def test_a_cabinet_that_refuses_the_signature_is_an_apology_not_unknown(
         await call.press(key)
     assert ru("voice.error_apology") in call.text
     assert call.verbs()[-1] in ("Dial", "Enqueue")
+
+
+async def test_the_gateway_serves_the_cabinet_api_document(gateway: Gateway) -> None:
+    """§11: the gateway publishes the contract it speaks, the same bytes as docs/."""
+    response = await gateway.twilio.http.get("/cabinet-api.yaml")
+    assert response.status_code == 200
+    assert (
+        response.content == (Path(__file__).parents[2] / "docs" / "cabinet-api.yaml").read_bytes()
+    )
+    assert "/accounts/{account_number}/temporary-password" in response.text
