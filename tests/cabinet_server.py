@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,14 +73,16 @@ def _csrf(html: str) -> str:
     return html[start : html.index('"', start)]
 
 
-@pytest.fixture
-def cabinet(tmp_path: Path) -> Iterator[Cabinet]:
-    """A fresh reference cabinet over real HTTP on 127.0.0.1, filled from the suite's accounts."""
+@contextmanager
+def serve_cabinet(workdir: Path) -> Iterator[Cabinet]:
+    """A fresh reference cabinet over real HTTP on 127.0.0.1, filled from the suite's accounts
+    (also used by benchmarks/cabinet_latency.py)."""
     from tests.conftest import ACCOUNTS_CSV  # a plugin of tests/conftest.py: no import cycle
 
+    workdir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_hex(24)
-    database = tmp_path / "cabinet.db"
-    csv_file = tmp_path / "accounts.csv"
+    database = workdir / "cabinet.db"
+    csv_file = workdir / "accounts.csv"
     csv_file.write_text(ACCOUNTS_CSV, encoding="utf-8")
     store = Store(database)
     import_csv(store, csv_file, Passwords(), initial_password=INITIAL_PASSWORD)
@@ -116,6 +119,13 @@ def cabinet(tmp_path: Path) -> Iterator[Cabinet]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def cabinet(tmp_path: Path) -> Iterator[Cabinet]:
+    """A fresh reference cabinet for one test."""
+    with serve_cabinet(tmp_path / "cabinet") as running:
+        yield running
 
 
 def cabinet_settings(settings: Settings, cabinet: Cabinet) -> Settings:
