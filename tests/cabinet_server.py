@@ -157,4 +157,15 @@ async def cabinet_gateway(
         async with httpx.AsyncClient(
             transport=transport, base_url="http://gateway.internal"
         ) as http:
-            yield Gateway(app, Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), messenger, config)
+            yield Gateway(
+                app, Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), messenger, config, cabinet
+            )
+
+
+@pytest.fixture(params=[DirectoryKind.sql, DirectoryKind.http], ids=["sql", "cabinet"])
+def either_gateway(request: pytest.FixtureRequest) -> Gateway:
+    """The gateway on its own tables, then against the reference cabinet: for the recovery
+    paths, which must hold with either directory (tests of SQL transactions stay SQL-only)."""
+    name = "sql_gateway" if request.param is DirectoryKind.sql else "cabinet_gateway"
+    gateway: Gateway = request.getfixturevalue(name)
+    return gateway

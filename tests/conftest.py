@@ -8,6 +8,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ import structlog
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from core.accounts import AccountDirectory, new_temporary_password
+from core.accounts import AccountDirectory, SqlAccountDirectory, new_temporary_password
 from core.accounts_import import import_accounts_csv
 from core.config import MessengerKind, Settings
 from core.db import create_engine, create_sessionmaker, transaction
@@ -23,6 +24,9 @@ from core.migrate import upgrade_database
 from core.passwords import use_fast_hashing_for_tests
 from gateway.app import create_app
 from tests.fakes import RecordingMessenger
+
+if TYPE_CHECKING:
+    from tests.cabinet_server import Cabinet
 from tests.twilio_driver import Call, Twilio
 
 pytest_plugins = ["tests.servers", "tests.smtp_server", "tests.cabinet_server"]
@@ -102,6 +106,24 @@ class Gateway:
     twilio: Twilio
     messenger: RecordingMessenger
     settings: Settings
+    # The reference cabinet, when it is the accounts directory (tests/cabinet_server.py).
+    cabinet: Cabinet | None = None
+
+    async def password_check(self, account: str, password: str) -> tuple[bool, bool]:
+        """Whether the directory accepts a password: (accepted, change required)."""
+        if self.cabinet is not None:
+            # The cabinet's own sign-in is the check (§11).
+            landing = await self.cabinet.sign_in(account, password)
+            return bool(landing), landing == "/change-password"
+        engine = create_engine(self.settings.database_url)
+        try:
+            async with transaction(create_sessionmaker(engine)) as session:
+                check = await SqlAccountDirectory(session, self.settings).verify_password(
+                    account, password
+                )
+        finally:
+            await engine.dispose()
+        return check.accepted, check.change_required
 
     def call(self, caller: str = MOBILE) -> Call:
         """A new inbound call."""
@@ -109,7 +131,13 @@ class Gateway:
 
 
 @pytest.fixture
-async def gateway(settings: Settings, redis: Redis) -> AsyncIterator[Gateway]:
+async def gateway(sql_gateway: Gateway) -> Gateway:
+    """The gateway on its own accounts tables (modules may parametrize it: test_*_recovery.py)."""
+    return sql_gateway
+
+
+@pytest.fixture
+async def sql_gateway(settings: Settings, redis: Redis) -> AsyncIterator[Gateway]:
     """The real app with its lifespan, on a migrated and seeded database."""
     await seed_accounts(settings)
     messenger = RecordingMessenger()

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from core.accounts import SqlAccountDirectory
+from core.config import DirectoryKind
 from core.db import create_engine, create_sessionmaker, transaction
 from core.recovery import RecoveryService
 from tests.conftest import (
@@ -38,13 +39,16 @@ def last_code(gateway: Gateway, phone: str) -> str:
 
 async def check_password(gateway: Gateway, account: str, password: str) -> tuple[bool, bool]:
     """Ask the directory whether it accepts a password: (accepted, change_required)."""
-    engine = create_engine(gateway.settings.database_url)
-    async with transaction(create_sessionmaker(engine)) as session:
-        result = await SqlAccountDirectory(session, gateway.settings).verify_password(
-            account, password
-        )
-    await engine.dispose()
-    return result.accepted, result.change_required
+    return await gateway.password_check(account, password)
+
+
+SQL_ONLY = pytest.mark.parametrize("either_gateway", [DirectoryKind.sql], indirect=True)
+
+
+@pytest.fixture
+def gateway(either_gateway: Gateway) -> Gateway:
+    """Every recovery path here runs with the SQL directory and with the cabinet's API (§11)."""
+    return either_gateway
 
 
 async def reach_method_choice(call: Call, account: str, purpose_key: str = "1") -> None:
@@ -218,6 +222,8 @@ async def test_recovery_notifies_other_contacts(gateway: Gateway) -> None:
     assert len(emails) == 1 and "горячую линию" in emails[0]
 
 
+# The SQL directory's own credential rules (the cabinet's are tests/cabinet_reference/'s).
+@SQL_ONLY
 async def test_temporary_password_expires_and_is_single_use(gateway: Gateway) -> None:
     call = gateway.call()
     await reach_method_choice(call, MOBILE_ONLY)
@@ -271,6 +277,8 @@ async def test_metrics_count_steps_without_numbers(gateway: Gateway) -> None:
             assert not re.search(r"\d{6,}", line.split(" ")[0]), line
 
 
+# A rollback of the request's SQL transaction (a cabinet's PUT is not part of it: §11).
+@SQL_ONLY
 async def test_a_crash_mid_recovery_rolls_everything_back(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:

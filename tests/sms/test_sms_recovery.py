@@ -7,8 +7,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from core.accounts import SqlAccountDirectory
-from core.db import create_engine, create_sessionmaker, transaction
+from core.db import create_engine, create_sessionmaker
 from core.models import Escalation, EscalationKind, OutboxMessage
 from core.segments import sms_segments
 from tests.conftest import (
@@ -41,13 +40,14 @@ def code_in(gateway: Gateway, number: str) -> str:
 
 
 async def accepted(gateway: Gateway, account: str, password: str) -> tuple[bool, bool]:
-    engine = create_engine(gateway.settings.database_url)
-    async with transaction(create_sessionmaker(engine)) as session:
-        check = await SqlAccountDirectory(session, gateway.settings).verify_password(
-            account, password
-        )
-    await engine.dispose()
-    return check.accepted, check.change_required
+    """Ask the directory whether it accepts a password: (accepted, change_required)."""
+    return await gateway.password_check(account, password)
+
+
+@pytest.fixture
+def gateway(either_gateway: Gateway) -> Gateway:
+    """Every recovery path here runs with the SQL directory and with the cabinet's API (§11)."""
+    return either_gateway
 
 
 @pytest.fixture
