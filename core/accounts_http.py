@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -108,12 +109,10 @@ class CabinetClient:
         self._secret = settings.directory_secret.get_secret_value()
         self._clock = clock
         self._sleep = sleep
-        cert, key = settings.directory_client_cert, settings.directory_client_key
         self._http = httpx.AsyncClient(
             timeout=settings.directory_timeout_seconds,
             transport=transport,
-            verify=settings.directory_ca or True,
-            cert=(cert, key) if cert and key else None,
+            verify=_tls_context(settings),
             headers={"User-Agent": "eirc-recovery-gateway"},
         )
 
@@ -205,6 +204,14 @@ class CabinetClient:
     def _count(operation: str, outcome: CabinetOutcome, started: float) -> None:
         CABINET_REQUESTS.labels(operation=operation, outcome=outcome).inc()
         CABINET_SECONDS.labels(operation=operation).observe(time.monotonic() - started)
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext:
+    """The cabinet's CA (or the system's), and the gateway's client certificate for mutual TLS."""
+    context = ssl.create_default_context(cafile=settings.directory_ca)
+    if settings.directory_client_cert and settings.directory_client_key:
+        context.load_cert_chain(settings.directory_client_cert, settings.directory_client_key)
+    return context
 
 
 def _classify(response: httpx.Response) -> CabinetOutcome:

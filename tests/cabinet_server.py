@@ -74,7 +74,7 @@ def _csrf(html: str) -> str:
 
 
 @contextmanager
-def serve_cabinet(workdir: Path) -> Iterator[Cabinet]:
+def serve_cabinet(workdir: Path, **tls: object) -> Iterator[Cabinet]:
     """A fresh reference cabinet over real HTTP on 127.0.0.1, filled from the suite's accounts
     (also used by benchmarks/cabinet_latency.py)."""
     from tests.conftest import ACCOUNTS_CSV  # a plugin of tests/conftest.py: no import cycle
@@ -105,6 +105,7 @@ def serve_cabinet(workdir: Path) -> Iterator[Cabinet]:
             port=port,
             log_level="warning",
             lifespan="off",
+            **tls,  # type: ignore[arg-type]
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
@@ -115,7 +116,8 @@ def serve_cabinet(workdir: Path) -> Iterator[Cabinet]:
         threading.Event().wait(0.025)
     assert server.started, "the reference cabinet did not start"
     try:
-        yield Cabinet(f"http://127.0.0.1:{port}", secret, store, failing)
+        scheme = "https" if tls else "http"
+        yield Cabinet(f"{scheme}://127.0.0.1:{port}", secret, store, failing)
     finally:
         server.should_exit = True
         thread.join(timeout=10)

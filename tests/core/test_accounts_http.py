@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 from pydantic import SecretStr
 
 from core.accounts import Applied, DirectoryUnavailable, PasswordNotSet, TemporaryPassword
 from core.accounts_http import CabinetClient, CabinetSettler, HttpAccountDirectory, signature
 from core.config import DirectoryKind, Settings, UnsafeSettingsError
+from tests.cabinet_server import Cabinet, serve_cabinet
+from tests.conftest import MOBILE_ONLY
 
 SECRET = "0123456789abcdef0123456789abcdef"
 BASE = "https://cabinet.internal/recovery/v1"
@@ -78,7 +83,7 @@ def test_an_unusable_http_directory_is_refused_at_start_up(overrides: dict[str, 
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-class Cabinet:
+class ScriptedCabinet:
     """A scripted cabinet: answers from a list, records what it was sent, checks signatures."""
 
     def __init__(self, *answers: httpx.Response | Exception) -> None:
@@ -105,7 +110,7 @@ class Sleeps:
         self.slept.append(seconds)
 
 
-def directory(cabinet: Cabinet, **overrides: object) -> tuple[HttpAccountDirectory, Sleeps]:
+def directory(cabinet: ScriptedCabinet, **overrides: object) -> tuple[HttpAccountDirectory, Sleeps]:
     sleeps = Sleeps()
     config = http_settings(**overrides)
     client = CabinetClient(
@@ -133,7 +138,7 @@ def account(status: str = "active", phones: object = ("+79123456789",)) -> httpx
 
 
 async def test_a_lookup_is_signed_and_parsed() -> None:
-    cabinet = Cabinet(account(phones=("8 (912) 345-67-89", "not a phone", "+74951234567")))
+    cabinet = ScriptedCabinet(account(phones=("8 (912) 345-67-89", "not a phone", "+74951234567")))
     found, _ = directory(cabinet)
     record = await found.lookup("1000234528")
     assert record is not None and record.login == "ivanova.mv"
@@ -156,13 +161,13 @@ async def test_a_lookup_is_signed_and_parsed() -> None:
     ids=["unknown", "disabled", "other-status"],
 )
 async def test_unknown_and_disabled_read_the_same(answer: httpx.Response) -> None:
-    found, _ = directory(Cabinet(answer))
+    found, _ = directory(ScriptedCabinet(answer))
     assert await found.lookup("1000234528") is None
 
 
 async def test_every_lookup_is_padded_to_the_minimum() -> None:
     """§6.2: the look-up took 10 ms here; the directory waits out the other 290."""
-    found, sleeps = directory(Cabinet(httpx.Response(404)), directory_min_lookup_ms=300)
+    found, sleeps = directory(ScriptedCabinet(httpx.Response(404)), directory_min_lookup_ms=300)
     await found.lookup("1")
     assert sleeps.slept == [pytest.approx(0.29)]
 
@@ -182,7 +187,7 @@ async def test_every_lookup_is_padded_to_the_minimum() -> None:
 async def test_a_cabinet_that_cannot_answer_is_unavailable_not_unknown(
     answers: list[httpx.Response | Exception],
 ) -> None:
-    cabinet = Cabinet(*answers)
+    cabinet = ScriptedCabinet(*answers)
     found, _ = directory(cabinet)
     with pytest.raises(DirectoryUnavailable):
         await found.lookup("1000234528")
@@ -191,7 +196,7 @@ async def test_a_cabinet_that_cannot_answer_is_unavailable_not_unknown(
 
 
 async def test_transient_failures_are_retried_with_the_same_key() -> None:
-    cabinet = Cabinet(httpx.Response(503), httpx.Response(409), httpx.Response(204))
+    cabinet = ScriptedCabinet(httpx.Response(503), httpx.Response(409), httpx.Response(204))
     found, _ = directory(cabinet)
     assert await found.issue_temporary_password("1000234528", EXAMPLE) is Applied.applied
     assert [r.headers["Idempotency-Key"] for r in cabinet.requests] == ["r-5f1c2a9e"] * 3
@@ -212,7 +217,7 @@ async def test_transient_failures_are_retried_with_the_same_key() -> None:
     ],
 )
 async def test_a_definite_refusal_sets_nothing(answer: httpx.Response, reason: str) -> None:
-    found, _ = directory(Cabinet(answer))
+    found, _ = directory(ScriptedCabinet(answer))
     with pytest.raises(PasswordNotSet) as refused:
         await found.issue_temporary_password("1000234528", EXAMPLE)
     assert refused.value.reason == reason
@@ -221,12 +226,12 @@ async def test_a_definite_refusal_sets_nothing(answer: httpx.Response, reason: s
 
 async def test_a_time_out_is_ambiguous() -> None:
     """The PUT may have been applied: the caller delivers, and the PUT is settled later."""
-    found, _ = directory(Cabinet(httpx.ReadTimeout("slow")))
+    found, _ = directory(ScriptedCabinet(httpx.ReadTimeout("slow")))
     assert await found.issue_temporary_password("1000234528", EXAMPLE) is Applied.ambiguous
 
 
 async def test_a_connection_refused_is_not_ambiguous() -> None:
-    found, _ = directory(Cabinet(httpx.ConnectError("refused")))
+    found, _ = directory(ScriptedCabinet(httpx.ConnectError("refused")))
     with pytest.raises(PasswordNotSet):
         await found.issue_temporary_password("1000234528", EXAMPLE)
 
@@ -266,7 +271,7 @@ async def test_a_held_put_is_repeated_byte_for_byte_until_the_cabinet_answers(
         delivery = Delivery(config, session, keyring, lambda: None)
         await delivery.hold_for_cabinet("1000234528", future.body().decode(), future.expires_at)
 
-    cabinet = Cabinet(httpx.Response(503), httpx.Response(204))
+    cabinet = ScriptedCabinet(httpx.Response(503), httpx.Response(204))
     client = CabinetClient(config, transport=httpx.MockTransport(cabinet), sleep=Sleeps())
     settler = CabinetSettler(client, sessionmaker, keyring)
     try:
@@ -285,3 +290,56 @@ async def test_a_held_put_is_repeated_byte_for_byte_until_the_cabinet_answers(
         assert (row.status, row.reason, row.body) == ("sent", "applied", "")
     assert await settler.settle() == 0  # nothing left
     await engine.dispose()
+
+
+# -- mutual TLS, against the reference cabinet over real TLS on loopback --------------------
+
+
+async def test_mutual_tls_with_the_gateways_certificate(tmp_path: Path) -> None:
+    """GATEWAY_DIRECTORY_CLIENT_CERT/_KEY/_CA: a cabinet that requires a client certificate
+    answers the gateway that shows one signed by its CA, and nobody else."""
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    client = ca.issue_cert("eirc-gateway.internal")
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "server", "client", "client-key")}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    server.private_key_and_cert_chain_pem.write_to_path(str(files["server"]))
+    client.cert_chain_pems[0].write_to_path(str(files["client"]))
+    client.private_key_pem.write_to_path(str(files["client-key"]))
+    tls = {
+        "ssl_certfile": str(files["server"]),
+        "ssl_ca_certs": str(files["ca"]),
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+    }
+    with serve_cabinet(tmp_path / "cabinet", **tls) as cabinet:
+        assert cabinet.url.startswith("https://")
+        mutual = cabinet_http_settings(
+            cabinet,
+            directory_client_cert=str(files["client"]),
+            directory_client_key=str(files["client-key"]),
+            directory_ca=str(files["ca"]),
+        )
+        client_ = CabinetClient(mutual)
+        try:
+            record = await HttpAccountDirectory(client_, mutual).lookup(MOBILE_ONLY)
+        finally:
+            await client_.close()
+        assert record is not None and record.login == "ivanova.mv"
+
+        # Without the client certificate the handshake fails: unavailable, never "unknown".
+        anonymous = cabinet_http_settings(cabinet, directory_ca=str(files["ca"]))
+        client_ = CabinetClient(anonymous, sleep=Sleeps())
+        try:
+            with pytest.raises(DirectoryUnavailable):
+                await HttpAccountDirectory(client_, anonymous).lookup(MOBILE_ONLY)
+        finally:
+            await client_.close()
+
+
+def cabinet_http_settings(cabinet: Cabinet, **overrides: object) -> Settings:
+    return http_settings(
+        directory_url=cabinet.api_url,
+        directory_secret=SecretStr(cabinet.secret),
+        directory_min_lookup_ms=0,
+        **overrides,
+    )
