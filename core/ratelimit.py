@@ -125,17 +125,18 @@ for _limit in Limit:
     RATE_LIMITED.labels(limit=_limit)  # every limit shows in /metrics, tripped or not
 
 # KEYS: one per limit checked (a key may repeat: two limits over one log). ARGV: now (ms), the
-# event's member, record (1) or only look (0), then a (limit, window ms, condition) triple per
-# key: a condition i > 0 applies the check only when log KEYS[i] is not empty (a destination
-# that had a code in its window). Returns {0, 0} when every applying limit has room (and, when
-# recording, the event is added once to each log a check applied to), else {the 1-based index
-# of the first full limit, ms until it has room again}. A log is trimmed to the longest window
-# counted in it.
+# event's member, record (1) or only look (0), then a (limit, window ms, condition, counts)
+# quadruple per key: a condition i > 0 applies the check only when log KEYS[i] is not empty (a
+# destination that had a code in its window); counts 0 looks at the log without recording in it
+# (a budget that a request which sends nothing must respect, but not spend). Returns {0, 0} when
+# every applying limit has room (and, when recording, the event is added once to each log a
+# counting check applied to), else {the 1-based index of the first full limit, ms until it has
+# room again}. A log is trimmed to the longest window counted in it.
 _ACQUIRE = """
 local now = tonumber(ARGV[1])
 local longest = {}
 for i, key in ipairs(KEYS) do
-  local window = tonumber(ARGV[2 + 3 * i])
+  local window = tonumber(ARGV[1 + 4 * i])
   if not longest[key] or window > longest[key] then longest[key] = window end
 end
 for key, window in pairs(longest) do
@@ -143,10 +144,10 @@ for key, window in pairs(longest) do
 end
 local applies = {}
 for i, key in ipairs(KEYS) do
-  local condition = tonumber(ARGV[3 + 3 * i])
+  local condition = tonumber(ARGV[2 + 4 * i])
   if condition == 0 or redis.call('ZCARD', KEYS[condition]) > 0 then
-    local window = tonumber(ARGV[2 + 3 * i])
-    local limit = tonumber(ARGV[1 + 3 * i])
+    local window = tonumber(ARGV[1 + 4 * i])
+    local limit = tonumber(ARGV[4 * i])
     local since = now - window
     local count = redis.call('ZCOUNT', key, '(' .. since, '+inf')
     if count >= limit then
@@ -157,7 +158,7 @@ for i, key in ipairs(KEYS) do
       if oldest[2] then wait = tonumber(oldest[2]) + window - now end
       return {i, wait}
     end
-    applies[key] = true
+    if ARGV[3 + 4 * i] == '1' then applies[key] = true end
   end
 end
 if ARGV[3] == '1' then
@@ -225,6 +226,8 @@ class Check:
     subject: str = ""
     # Applies only when the log of this call's check on that limit is not empty (§6.17).
     if_recent: Limit | None = None
+    # Looks at the limit without counting the event in it.
+    only_look: bool = False
 
     def __repr__(self) -> str:
         return f"Check({self.limit})"
@@ -276,8 +279,9 @@ class RateLimiter:
         refused = await self._run(checks, member, record=True)
         if refused is not None:
             return refused
-        # A conditional check that did not apply recorded nothing; removing its member is a no-op.
-        return Decision(None, tuple(dict.fromkeys(self.key(check) for check in checks)), member)
+        # A check that did not apply (or only looked) recorded nothing: nothing to release there.
+        recorded = (self.key(check) for check in checks if not check.only_look)
+        return Decision(None, tuple(dict.fromkeys(recorded)), member)
 
     async def peek(self, *checks: Check) -> Decision:
         """Whether these limits have room, counting nothing."""
@@ -302,7 +306,7 @@ class RateLimiter:
         for check in checks:
             rule = self._rules[check.limit]
             condition = limits.index(check.if_recent) + 1 if check.if_recent else 0
-            args += [rule.limit, rule.window_seconds * 1000, condition]
+            args += [rule.limit, rule.window_seconds * 1000, condition, 0 if check.only_look else 1]
         index, wait_ms = await self._script(keys=[self.key(check) for check in checks], args=args)
         if int(index) == 0:
             return None

@@ -511,17 +511,11 @@ class RecoveryService:
         )
         if destination is None:
             subject = f"{attempt.account_number} {attempt.requester}"
-            requester = await self._limits.acquire(
+            return await self._limits.acquire(
                 Check(Limit.requester_account_hour, subject),
                 Check(Limit.requester_account_day, subject),
+                Check(budget, only_look=True),
             )
-            if not requester.allowed:
-                return requester
-            spent = await self._limits.peek(Check(budget))
-            if not spent.allowed:
-                await self._limits.release(requester)
-                return spent
-            return requester
         return await self._limits.acquire(
             Check(Limit.account_sends_hour, attempt.account_number),
             Check(Limit.account_sends_day, attempt.account_number),

@@ -391,3 +391,14 @@ async def attempt_of(call: Call, redis: Redis) -> str:
     session = await CallStore(redis, 3600).load(call.call_sid)
     assert session is not None and session.attempt_id
     return session.attempt_id
+
+
+@limits(rate_limit_global_outbound_per_hour=2)
+async def test_requests_that_send_nothing_spend_none_of_the_budget(gateway: Gateway) -> None:
+    """§6.17: asking for unknown accounts, however often, leaves the budget to residents."""
+    for index in range(5):
+        call = await ask_code(gateway, f"19999999{index:02d}", caller=f"+7916333000{index}")
+        assert ru("voice.code_sent") in call.text
+    for account in (MOBILE_ONLY, TWO_MOBILES_EMAIL):
+        assert ru("voice.code_sent") in (await ask_code(gateway, account)).text
+    assert len([m for m in gateway.messenger.sent if m.purpose == "code"]) == 2

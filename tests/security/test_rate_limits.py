@@ -515,3 +515,25 @@ async def test_limit_keys_hold_no_raw_numbers(gateway: Gateway, redis: Redis) ->
     assert limiter.key(Check(Limit.sender_replies, SECOND_MOBILE)) in keys
     assert limiter.key(Check(Limit.account_sends_hour, MOBILE_ONLY)) in keys
     assert limiter.key(Check(Limit.destination_sends, MOBILE)) in keys
+
+
+@limits(rate_limit_global_outbound_per_hour=1)
+async def test_a_look_only_check_respects_a_budget_without_spending_it(
+    settings: Settings, redis: Redis
+) -> None:
+    """A request that sends nothing must meet a spent budget like everyone, not spend it."""
+    limiter = RateLimiter(redis, settings, Keyring(settings))
+    budget = Check(Limit.global_outbound)
+    for index in range(3):
+        decision = await limiter.acquire(
+            Check(Limit.requester_account_hour, f"1 +7912000000{index}"),
+            Check(Limit.global_outbound, only_look=True),
+        )
+        assert decision.allowed
+    assert await redis.zcard(limiter.key(budget)) == 0
+    assert (await limiter.acquire(budget)).allowed
+    refused = await limiter.acquire(
+        Check(Limit.requester_account_hour, "1 +79120000009"),
+        Check(Limit.global_outbound, only_look=True),
+    )
+    assert refused.tripped is Limit.global_outbound
