@@ -92,7 +92,8 @@ class Attempt:
     language: Language
     # The caller number's start limit had tripped: no code is sent for this attempt.
     limited: bool = False
-    # The requester as a limit subject (E.164, or the account for a withheld caller ID).
+    # The requester as a limit subject (the keyed reference of its E.164 number, or of
+    # "withheld:<account>" for a withheld caller ID).
     requester: str = ""
     # The requester is a mobile on file: codes and credentials may go to it (§6.3, §6.13).
     from_mobile_on_file: bool = False
@@ -166,7 +167,8 @@ class RecoveryService:
             session_ref=session_ref,
             language=language,
             limited=not starts.allowed,
-            requester=requester,
+            # Kept as a keyed reference: no phone number in the attempt's Redis value.
+            requester=self._keyring.reference(requester),
             from_mobile_on_file=_code_destination(record, requester) is not None,
         )
         await self._redis.set(
