@@ -153,8 +153,9 @@ def worst_case_values(settings: Settings) -> dict[str, object]:
         "hours": TEMP_PASSWORD_TTL_MAX_HOURS,
         "hotline": settings.hotline_number,
         "account": WORST_ACCOUNT,
-        # Catalogue.wait: minutes below two hours, so "119 минут" is the longest.
-        "wait": "119 minutes",
+        # Catalogue.wait says minutes below an hour, else hours (a day at most): "59 minutes"
+        # is the longest.
+        "wait": "59 minutes",
     }
 
 

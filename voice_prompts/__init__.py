@@ -101,9 +101,9 @@ class Catalogue:
         return forms[form].format(count=number)
 
     def wait(self, seconds: int, language: Language) -> str:
-        """A wait in words, rounded up: minutes below two hours, else hours ("23 часа")."""
+        """A wait in words, rounded up: minutes below an hour, else hours ("23 часа")."""
         minutes = max(1, -(-seconds // 60))
-        if minutes < 120:
+        if minutes < 60:
             return self.count("hours.in_minutes", minutes, language)
         return self.count("hours.hours", -(-minutes // 60), language)
 

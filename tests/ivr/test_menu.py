@@ -283,7 +283,7 @@ def test_sms_texts_fit_their_segments(catalogue: Catalogue) -> None:
         "hours": 24,
         "login": "smirnova.ea.longer-login",
         "hotline": "+78005550100",
-        "wait": "119 минут",
+        "wait": "59 минут",
     }
     for language in Language:
         for key in sentence_keys(catalogue, language):
@@ -466,3 +466,25 @@ def test_a_transfer_outside_hours_is_a_declared_successor() -> None:
     for state in NON_FINAL:
         if State.operator in successors(state):
             assert State.after_hours in successors(state), state
+
+
+@pytest.mark.parametrize(
+    ("seconds", "ru", "en"),
+    [
+        (1, "1 минуту", "1 minute"),
+        (120, "2 минуты", "2 minutes"),
+        (300, "5 минут", "5 minutes"),
+        (21 * 60, "21 минуту", "21 minutes"),
+        (59 * 60 + 1, "1 час", "1 hour"),
+        (2 * 3600, "2 часа", "2 hours"),
+        (5 * 3600, "5 часов", "5 hours"),
+        (21 * 3600, "21 час", "21 hours"),
+        (24 * 3600 - 1, "24 часа", "24 hours"),
+    ],
+)
+def test_a_wait_is_said_rounded_up_with_its_plural(
+    catalogue: Catalogue, seconds: int, ru: str, en: str
+) -> None:
+    """ "Через 1 минуту / 2 минуты / 5 минут / 21 час / 24 часа": when self-service reopens."""
+    assert catalogue.wait(seconds, Language.ru) == ru
+    assert catalogue.wait(seconds, Language.en) == en
