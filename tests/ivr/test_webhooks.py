@@ -181,6 +181,15 @@ def last_code(gateway: Gateway, phone: str = MOBILE) -> str:
     return match.group(1)
 
 
+SPOKEN_CODE = re.compile(r"Ваш код: ([а-яё, ]+)\.")
+
+
+def spoken_digits(words: str) -> str:
+    """The digits of a code as the call reads it ("один, два, …")."""
+    names = PROMPTS.words("spelling.digits", Language.ru)
+    return "".join(str(names.index(word)) for word in words.split(", "))
+
+
 def other_code(code: str) -> str:
     return f"{(int(code) + 1) % 10**6:06d}"
 

@@ -8,7 +8,6 @@ Redis, and fails on the code before the fix (DESIGN §5, §6.12, §6.13, §6.14,
 from __future__ import annotations
 
 import asyncio
-import re
 
 import pytest
 from redis.asyncio import Redis
@@ -29,6 +28,7 @@ from tests.conftest import (
     seed_accounts,
 )
 from tests.ivr.test_webhooks import (
+    SPOKEN_CODE,
     STRANGER,
     action_of,
     answer_at,
@@ -39,6 +39,7 @@ from tests.ivr.test_webhooks import (
     other_code,
     ru,
     says,
+    spoken_digits,
 )
 from tests.security.test_rate_limits import (
     GENEROUS,
@@ -51,8 +52,6 @@ from tests.security.test_rate_limits import (
 )
 from tests.twilio_driver import Call, Phone
 from voice_prompts import Language
-
-SPOKEN_CODE = re.compile(r"Ваш код: ([а-яё, ]+)\.")
 
 
 @pytest.fixture
@@ -204,12 +203,6 @@ async def test_a_code_heard_on_the_phone_on_file_cannot_finish_a_strangers_threa
 
 def failures_key(services: Services) -> str:
     return f"fails:{services.keyring.reference(MOBILE_ONLY)}"
-
-
-def spoken_digits(words: str) -> str:
-    """The digits of a code as the call reads it ("один, два, …")."""
-    names = PROMPTS.words("spelling.digits", Language.ru)
-    return "".join(str(names.index(word)) for word in words.split(", "))
 
 
 async def test_a_recovery_that_cannot_reach_the_resident_changes_nothing(

@@ -31,7 +31,7 @@ from tests.conftest import (
     TWO_MOBILES_EMAIL,
     Gateway,
 )
-from tests.security.test_abuse import SPOKEN_CODE, spoken_digits
+from tests.ivr.test_webhooks import SPOKEN_CODE, spoken_digits
 from tests.twilio_driver import Call, Phone, Twilio
 from voice_prompts import Language, load_catalogue
 

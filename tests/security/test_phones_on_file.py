@@ -40,23 +40,12 @@ from tests.conftest import (
     Gateway,
 )
 from tests.gateway.console.conftest import OPERATOR, ConsoleClient, add_operator
+from tests.ivr.test_webhooks import SPOKEN_CODE, spoken_digits
 from tests.twilio_driver import Call, Phone
 
 ROOT = Path(__file__).resolve().parents[2]
 STRANGER = "+79990001122"  # a mobile on no account
 CODE = re.compile(r"\b(\d{6})\b")
-DIGITS = {
-    "ноль": "0",
-    "один": "1",
-    "два": "2",
-    "три": "3",
-    "четыре": "4",
-    "пять": "5",
-    "шесть": "6",
-    "семь": "7",
-    "восемь": "8",
-    "девять": "9",
-}
 
 # Every SMS command (the test checks that each keyword is here), aimed at phones: a stranger
 # who names a number of their own must not get it put on file.
@@ -117,8 +106,9 @@ async def phone_writes(gateway: Gateway) -> AsyncIterator[list[str]]:
 
 def heard_code(call: Call) -> str:
     """The code read out in a verification call ("Ваш код: один, два, …")."""
-    words = call.text.split("Ваш код: ", 1)[1].split(".")[0].split(", ")
-    return "".join(DIGITS[word] for word in words)
+    spoken = SPOKEN_CODE.search(call.text)
+    assert spoken, call.text
+    return spoken_digits(spoken.group(1))
 
 
 async def answer_verification_call(gateway: Gateway, to: str) -> Call | None:
