@@ -162,7 +162,8 @@ class SmsDialog:
         if sent.outcome is SendOutcome.unavailable:
             # The budget of this method is spent (§6.17): the other method, or the operator.
             by_sms = sent_key == "sms.reply_requested"
-            return self._reply("sms.reply_sms_unavailable" if by_sms else "sms.reply_limited", thread)
+            key = "sms.reply_sms_unavailable" if by_sms else "sms.reply_limited"
+            return self._reply(key, thread)
         # A cool-down answers like a send: the earlier code is still on its way.
         return self._reply(sent_key, thread)
 
