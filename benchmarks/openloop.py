@@ -17,6 +17,7 @@ from typing import Any
 
 from benchmarks.calls import STEPS, Call, Outbox
 from benchmarks.client import Pool
+from benchmarks.procs import CpuMeter, runqueue_wait_seconds
 
 # Seconds from each webhook's answer to the caller's next webhook: the prompt the caller hears
 # plus the keys they press. Estimated from the prompts of DESIGN §3 (greeting at most 10 s, the
@@ -83,6 +84,8 @@ class TrialResult:
     recoveries: int = 0
     client_cpu_s: float = 0.0
     wall_s: float = 0.0
+    server_cpu_s: float = 0.0
+    server_waited_s: float = 0.0
 
     def in_window(self) -> list[Sample]:
         return [s for s in self.samples if self.ramp <= s.due < self.ramp + self.window]
@@ -136,6 +139,12 @@ class TrialResult:
                 round(percentile(self.sms_delays, 99) * 1000, 1) if self.sms_delays else None
             ),
             "client_cpu_share": round(self.client_cpu_s / self.wall_s, 3) if self.wall_s else 0,
+            # The server's CPU use, and the share of the run its event loop was ready to run
+            # but its core was busy with other processes (a shared machine's noise).
+            "server_cpu_share": round(self.server_cpu_s / self.wall_s, 3) if self.wall_s else 0,
+            "server_runqueue_wait_share": (
+                round(self.server_waited_s / self.wall_s, 3) if self.wall_s else 0
+            ),
         }
 
 
@@ -149,6 +158,7 @@ async def run_trial(
     window: float,
     timeout: float = 15.0,  # noqa: ASYNC109 - Twilio's per-webhook timeout
     grace: float = 15.0,
+    server: CpuMeter | None = None,
 ) -> TrialResult:
     """Calls arrive at `rate` for one call's length (the ramp) plus `window`; the figures are
     those of the webhooks due in the window, when `rate * call length` calls are under way."""
@@ -160,6 +170,8 @@ async def run_trial(
     started_at = loop.time() + 0.2
     cpu_0 = time.process_time()
     wall_0 = time.monotonic()
+    server_0 = server.seconds() if server else 0.0
+    waited_0 = runqueue_wait_seconds(server.root) if server else 0.0
 
     async def one_call(call: Call, start: float) -> None:
         answered_method = 0.0
@@ -217,4 +229,7 @@ async def run_trial(
     await asyncio.gather(*tasks, return_exceptions=True)
     result.client_cpu_s = time.process_time() - cpu_0
     result.wall_s = time.monotonic() - wall_0
+    if server is not None:
+        result.server_cpu_s = server.seconds() - server_0
+        result.server_waited_s = runqueue_wait_seconds(server.root) - waited_0
     return result

@@ -77,6 +77,15 @@ class CpuMeter:
         return cpu_ticks(process_tree(self.root, self.proc), self.proc) / CLK_TCK
 
 
+def runqueue_wait_seconds(pid: int, proc: Path = PROC) -> float:
+    """Time the process's main thread (the event loop) was runnable but waited for a CPU:
+    the second field of /proc/<pid>/schedstat. Other processes on its core cause it."""
+    try:
+        return int((proc / str(pid) / "schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def pin(pid: int, cores: set[int]) -> None:
     """Pin a process and its threads to `cores` (no-op where the machine has fewer)."""
     if not usable_pinning():

@@ -63,6 +63,7 @@ from benchmarks.steps import (
     measure,
     per_call,
     run_step,
+    settle,
 )
 from core.accounts_import import import_accounts_csv
 from core.config import Settings
@@ -109,6 +110,7 @@ class Options:
     profile: Path | None
     extra_accounts: int
     keep: Path | None
+    open_loop: bool
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -129,7 +131,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="gateway and uvicorn log level; info adds uvicorn's access log to both servers",
     )
     parser.add_argument("--extra-accounts", type=int, default=0, help="import this many more")
-    parser.add_argument("--profile", type=Path, help="py-spy the gateway during the CPU steps")
+    parser.add_argument(
+        "--profile", type=Path, help="DIR: py-spy each step (collapsed stacks) into DIR/STEP.txt"
+    )
+    parser.add_argument("--cpu-only", action="store_true", help="no open-loop test")
     parser.add_argument("--keep", type=Path, help="copy the SQLite database here afterwards")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--no-plot", action="store_true", help="(quick mode draws none)")
@@ -142,13 +147,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
         quick=quick,
         databases=["sqlite", "postgresql"] if database == "both" else [database],
         held=held,
-        code_calls=min(calls, args.code_calls or (60 if quick else 300)),
+        code_calls=min(calls, args.code_calls or (60 if quick else 200)),
         pg_held=[min(calls, 200)],
         pg_code_calls=min(calls, 100),
         floor_requests=1000 if quick else 3000,
         concurrency=8,
         scale=args.pause_scale or (0.1 if quick else 1.0),
-        window=args.window or (6.0 if quick else 40.0),
+        window=args.window or (6.0 if quick else 30.0),
         search=args.search if args.search is not None else (0 if quick else 3),
         log_level=args.log_level,
         out=args.out,
@@ -156,7 +161,16 @@ def parse_args(argv: list[str] | None = None) -> Options:
         profile=args.profile,
         extra_accounts=args.extra_accounts,
         keep=args.keep,
+        open_loop=not args.cpu_only,
     )
+
+
+STARTED = time.monotonic()
+
+
+def note(message: str) -> None:
+    """Progress on stderr, with the seconds since the run started."""
+    print(f"[{time.monotonic() - STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 # --- set-up -------------------------------------------------------------------------------------
@@ -275,6 +289,29 @@ def py_spy(pid: int, path: Path | None) -> Iterator[None]:
 # --- the run ------------------------------------------------------------------------------------
 
 
+async def audit_verify(settings: Settings) -> dict[str, Any]:
+    """`audit verify` (core.audit.verify_chain) over the rows the run wrote: time per 10 k rows."""
+    from core.audit import verify_chain
+    from core.crypto import Keyring
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            started, cpu = time.perf_counter(), time.process_time()
+            report = await verify_chain(session, Keyring(settings))
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        await engine.dispose()
+    rows = report.events + report.unsealed
+    return {
+        "rows": rows,
+        "intact": report.intact,
+        "seconds": round(wall, 2),
+        "seconds_per_10k_rows": round(wall * 10_000 / rows, 2) if rows else None,
+        "client_cpu_s_per_10k_rows": round(cpu * 10_000 / rows, 2) if rows else None,
+    }
+
+
 async def floor_cost(pool: Pool, meter: procs.CpuMeter, options: Options) -> StepCost:
     params = {"CallSid": "CA" + "0" * 32, "From": "+79120000000", "Digits": "1"}
     request = signed_post(PUBLIC_BASE_URL, AUTH_TOKEN, FLOOR_PATH, params)
@@ -306,6 +343,13 @@ async def floor_rate(pool: Pool, seconds: float) -> float:
     return done / (time.monotonic() - started)
 
 
+def profile_path(options: Options, step: str) -> Path | None:
+    """Where py-spy writes the profile of one step (--profile DIR; the last group of calls)."""
+    if options.profile is None:
+        return None
+    return options.profile / f"{step}.txt"
+
+
 async def cpu_steps(
     options: Options,
     pool: Pool,
@@ -325,9 +369,10 @@ async def cpu_steps(
     for target in held_counts:
         calls = [accounts.call() for _ in range(target - len(held))]
         for step in STEPS[:5]:  # voice .. method: the call now holds a code
-            cost, calls = await run_step(
-                pool, meter, db_meter, outbox, calls, step, options.concurrency
-            )
+            with py_spy(meter.root, profile_path(options, step)):
+                cost, calls = await run_step(
+                    pool, meter, db_meter, outbox, calls, step, options.concurrency
+                )
             costs[step].add(cost)
         held += calls
         after = await dataset_bytes(redis)
@@ -339,9 +384,10 @@ async def cpu_steps(
     memory["key_bytes_per_call_by_prefix"] = per_call(await key_bytes_by_prefix(redis), len(held))
     finishing, rest = held[:code_calls], held[code_calls:]
     for step in ("code", "status"):
-        cost, finishing = await run_step(
-            pool, meter, db_meter, outbox, finishing, step, options.concurrency
-        )
+        with py_spy(meter.root, profile_path(options, step)):
+            cost, finishing = await run_step(
+                pool, meter, db_meter, outbox, finishing, step, options.concurrency
+            )
         costs[step].add(cost)
     await outbox.poll()
     recoveries = sum(1 for call in finishing if outbox.got_password(call.phone))
@@ -368,6 +414,7 @@ async def warm_up(
 
 async def open_loop(
     options: Options,
+    meter: procs.CpuMeter,
     pool: Pool,
     outbox: Outbox,
     accounts: Accounts,
@@ -385,6 +432,7 @@ async def open_loop(
             scale=options.scale,
             window=options.window,
             grace=3.0 if options.quick else 15.0,
+            server=meter,
         )
         trials = []
         # A core cannot start more recoveries a second than one over a recovery's CPU.
@@ -392,8 +440,10 @@ async def open_loop(
         low, high = 0.0, ceiling
         rate = 0.6 * ceiling
         for _ in range(options.search):
+            # An overloaded trial leaves a backlog: the next one starts once it is served.
+            await settle(meter, None, limit=60)
             trial = await openloop.run_trial(
-                pool, outbox, accounts.call, rate, scale=0.1, window=12.0
+                pool, outbox, accounts.call, rate, scale=0.1, window=10.0, server=meter
             )
             passed = trial.meets(P99_TARGET_MS, hash_ms)
             trials.append({**trial.summary(), "meets_p99": passed})
@@ -437,8 +487,9 @@ async def bench(
     held_counts = options.held if kind == "sqlite" else options.pg_held
     code_calls = options.code_calls if kind == "sqlite" else options.pg_code_calls
     seeded = max(held_counts) + WARM_UP_CALLS + options.extra_accounts
-    if kind == "sqlite":  # the open loop runs on the embedded defaults
+    if kind == "sqlite" and options.open_loop:  # the open loop: on the embedded defaults
         seeded += 4000 if not options.quick else 1000
+    note(f"{kind}: importing {seeded} accounts")
     phases = {"start": time.monotonic()}
     seed_s = await seed(settings, seeded)
     phases["seed"] = time.monotonic()
@@ -471,13 +522,14 @@ async def bench(
         phases["servers_up"] = time.monotonic()
         meter = procs.CpuMeter(gateway.pid)
         floor_meter = procs.CpuMeter(floor.pid)
+        note(f"{kind}: servers up, warming up")
         await warm_up(pool, floor_pool, floor_meter, outbox, accounts, options)
+        note(f"{kind}: CPU per step over {max(held_counts)} calls ({code_calls} to the end)")
         phases["warm_up"] = time.monotonic()
         floor_1 = await floor_cost(floor_pool, floor_meter, options)
-        with py_spy(gateway.pid, options.profile if kind == "sqlite" else None):
-            costs, memory, recoveries = await cpu_steps(
-                options, pool, meter, db_meter, outbox, redis, accounts, held_counts, code_calls
-            )
+        costs, memory, recoveries = await cpu_steps(
+            options, pool, meter, db_meter, outbox, redis, accounts, held_counts, code_calls
+        )
         phases["cpu_steps"] = time.monotonic()
         floor_2 = await floor_cost(floor_pool, floor_meter, options)
         floor_before_after = [floor_1.ms_per_request, floor_2.ms_per_request]
@@ -486,10 +538,11 @@ async def bench(
         throughput = await floor_rate(floor_pool, 2.0 if options.quick else 3.0)
         recovery_ms = sum(cost.ms_per_request for cost in costs.values())
         loop_result = None
-        if kind == "sqlite":
+        if kind == "sqlite" and options.open_loop:
             phases["floor"] = time.monotonic()
+            note(f"{kind}: open loop, {CONCURRENT_TARGET} calls, then {options.search} trials")
             loop_result = await open_loop(
-                options, pool, outbox, accounts, recovery_ms / 1000, hash_ms
+                options, meter, pool, outbox, accounts, recovery_ms / 1000, hash_ms
             )
             phases["open_loop"] = time.monotonic()
     finally:
@@ -500,6 +553,8 @@ async def bench(
         await outbox.close()
         await redis.aclose()
 
+    note(f"{kind}: audit verify")
+    audit = await audit_verify(settings)
     steps = {
         step: {
             "requests": cost.requests,
@@ -547,6 +602,7 @@ async def bench(
         "recoveries": recoveries,
         "redis": memory,
         "open_loop": loop_result,
+        "audit_verify": audit,
         "errors": errors,
         "timeouts": timeouts,
         "wall_s": wall,
@@ -606,17 +662,27 @@ def print_report(result: dict[str, Any]) -> None:
             )
             + f" (keys by prefix: {redis['key_bytes_per_call_by_prefix']})"
         )
+        audit = run["audit_verify"]
+        print(
+            f"audit verify: {audit['rows']} rows in {audit['seconds']} s "
+            f"({audit['seconds_per_10k_rows']} s per 10 k rows), intact: {audit['intact']}"
+        )
         if head:
             print(
                 f"open loop: {head['concurrent_calls']} concurrent calls ({head['calls_per_s']} "
                 f"calls/s, pauses × {head['pause_scale']}), {head['webhooks_in_window']} webhooks "
                 f"in {head['window_s']} s after a {head['ramp_s']} s ramp; meets p99: "
                 f"{head['meets_p99']}; errors {head['errors']}; load generator used "
-                f"{head['client_cpu_share'] * 100:.0f} % of its core"
+                f"{head['client_cpu_share'] * 100:.0f} % of its core; the server "
+                f"{head['server_cpu_share'] * 100:.0f} %, and its event loop waited for its "
+                f"core {head['server_runqueue_wait_share'] * 100:.0f} % of the time (other "
+                "processes on a shared machine)"
             )
             if loop["search"]:
-                tried = ", ".join(
-                    f"{t['concurrent_calls']}:{'ok' if t['meets_p99'] else 'no'}"
+                tried = "; ".join(
+                    f"{t['concurrent_calls']} calls: {'ok' if t['meets_p99'] else 'no'} "
+                    f"(worst p99 {max(r['p99_ms'] for r in t['steps'].values() if r['count']):.0f}"
+                    f" ms, waited {t['server_runqueue_wait_share'] * 100:.0f} %)"
                     for t in loop["search"]
                 )
                 print(
@@ -707,6 +773,7 @@ def main(argv: list[str] | None = None) -> None:
             "rate_limits_lifted": list(RATE_LIMITS),
             "pinned": procs.usable_pinning(),
             "cpus": os.cpu_count(),
+            "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
         },
         "runs": runs,
         "summary": summary(runs),
