@@ -35,13 +35,26 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# Leaves that wait rather than work: py-spy's own idle detection did not drop them here (the
+# target is paused under ptrace while sampled), so they are dropped by name: aiosqlite's worker
+# waiting for its next statement, an idle pool thread, and the event loop in epoll (uvloop's
+# run_forever is C: its wait shows as the Python frame that called it).
+IDLE_LEAVES = (
+    "_connection_worker_thread (aiosqlite/core.py:59)",
+    "_worker (concurrent/futures/thread.py:81)",
+    "Runner.run (asyncio/runners.py:118)",
+)
+
+
 def read(path: Path) -> list[tuple[list[str], int]]:
-    """The stacks (outermost first) and their sample counts."""
+    """The working stacks (outermost first) and their sample counts; idle waits left out."""
     stacks = []
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
-            stacks.append((stack.split(";"), int(count)))
+            frames = stack.split(";")
+            if frames[-1] not in IDLE_LEAVES:
+                stacks.append((frames, int(count)))
     return stacks
 
 
