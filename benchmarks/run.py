@@ -432,7 +432,7 @@ async def open_loop(
             openloop.rate_for(CONCURRENT_TARGET),
             scale=options.scale,
             window=options.window,
-            grace=3.0 if options.quick else 15.0,
+            grace=3.0 if options.quick else 5.0,
             server=meter,
         )
         trials = []
@@ -444,7 +444,7 @@ async def open_loop(
             # An overloaded trial leaves a backlog: the next one starts once it is served.
             await settle(meter, None, limit=60)
             trial = await openloop.run_trial(
-                pool, outbox, accounts.call, rate, scale=0.1, window=10.0, server=meter
+                pool, outbox, accounts.call, rate, scale=0.1, window=10.0, grace=5.0, server=meter
             )
             passed = trial.meets(P99_TARGET_MS, hash_ms)
             trials.append({**trial.summary(), "meets_p99": passed})
