@@ -121,7 +121,7 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(20)
+                self.process.wait(5)  # a backlog of a benchmark is not worth a graceful exit
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
