@@ -55,7 +55,8 @@ fmt: install
 	$(UV) run ruff check --fix .
 	$(UV) run ruff format .
 
-# The §9 load benchmark: `make bench` (about 3 minutes) or `make bench ARGS=--quick` (under 1).
+# The §9 benchmark (benchmarks/README.md): `make bench` (about 5 minutes on an idle 2-core
+# machine) or `make bench ARGS=--quick` (about 1); figures are reported, never asserted.
 .PHONY: bench
 bench: install
 	$(UV) run python -m benchmarks.run $(ARGS)
