@@ -34,9 +34,10 @@ from core.accounts import (
     PasswordNotSet,
     TemporaryPassword,
 )
+from core.clock import utcnow
 from core.config import Settings
 from core.crypto import Keyring
-from core.db import transaction, utcnow
+from core.db import transaction
 from core.delivery import CABINET_PENDING
 from core.models import OutboundChannel, OutboxMessage
 from core.phones import InvalidPhoneNumber, Phone, mask_account, parse_phone

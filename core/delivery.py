@@ -6,80 +6,25 @@ mode the row is the message; with Twilio it is the record status callbacks updat
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.clock import utcnow
 from core.config import MessengerKind, Settings
 from core.crypto import Keyring
-from core.db import utcnow
+from core.messenger import Messenger
 from core.metrics import OUTBOUND
 from core.models import OutboundChannel, OutboxMessage
 from core.optout import OptOuts
 from core.phones import mask_phone, outbound_allowed
+from core.twilio_rest import TwilioMessenger
 
 log = structlog.get_logger(__name__)
-
-
-class DeliveryFailed(RuntimeError):
-    """The provider refused the message for good (invalid number, unsubscribed...): not retried.
-
-    `error_code` is the provider's error code or a fixed word ("send", "http_400"): never a
-    number, a text or anything else a resident gave us.
-    """
-
-    def __init__(self, message: str, *, error_code: str = "send") -> None:
-        super().__init__(message)
-        self.error_code = error_code[:16]
-
-
-class TransientDeliveryError(DeliveryFailed):
-    """The provider did not take the message, and saying so was certain: 5xx, 429, no connection.
-
-    Safe to send again later; `retry_after` is the provider's Retry-After in seconds, if given.
-    """
-
-    def __init__(self, message: str, *, error_code: str, retry_after: float | None = None) -> None:
-        super().__init__(message, error_code=error_code)
-        self.retry_after = retry_after
-
-
-class AmbiguousDeliveryError(DeliveryFailed):
-    """The request may have reached the provider, and no answer came back (a read timeout).
-
-    Twilio may have accepted the message: sending it again could deliver it twice, so the
-    dispatcher never does (see core/dispatch.py for the reasoning).
-    """
-
-
-# The outbox row a send is for. The dispatcher sets it around each messenger call, so that the
-# Twilio messenger can name the row in the StatusCallback URL without the Messenger protocol
-# (and every fake implementing it) growing a parameter. Asyncio tasks and to_thread copy it.
-current_outbox_key: ContextVar[str | None] = ContextVar("current_outbox_key", default=None)
-# The query parameter of the StatusCallback URL that carries it.
-OUTBOX_KEY_PARAM = "outbox"
-
-
-class Messenger(Protocol):
-    """Sends an SMS or places a call and returns the provider's id (e-mails wait in the outbox)."""
-
-    # True when nothing leaves the building: the outbox row (with its text) is the message.
-    keeps_messages: bool
-
-    async def send_sms(self, *, to: str, body: str, purpose: str) -> str:
-        """Send one SMS."""
-        ...
-
-    async def place_call(self, *, to: str, url: str, purpose: str) -> str:
-        """Place an outbound call whose TwiML is fetched from `url`."""
-        ...
 
 
 def _sid(prefix: str) -> str:
@@ -98,71 +43,6 @@ class OutboxMessenger:
     async def place_call(self, *, to: str, url: str, purpose: str) -> str:
         """A call that stays in the outbox until the simulator answers it."""
         return _sid("CA")
-
-
-class TwilioMessenger:
-    """Sends through the real Twilio REST client, with status callbacks.
-
-    Every failure is classified for the dispatcher (core/dispatch.py): permanent (4xx other than
-    429: DeliveryFailed), certainly not taken (5xx, 429, no connection: TransientDeliveryError),
-    or unknown (the request went out and no answer came: AmbiguousDeliveryError).
-    """
-
-    keeps_messages = False
-
-    def __init__(self, settings: Settings) -> None:
-        from core.twilio_rest import build_twilio_client
-
-        self._settings = settings
-        self._client = build_twilio_client(settings)
-        base = settings.public_base_url.rstrip("/")
-        self._sms_status_url = f"{base}/sms/status"
-        self._call_status_url = f"{base}/ivr/status"
-
-    def __repr__(self) -> str:
-        return "TwilioMessenger(<client>)"
-
-    @staticmethod
-    def _callback(url: str) -> str:
-        """The status callback URL, naming the outbox row when the dispatcher sends one."""
-        key = current_outbox_key.get()
-        return f"{url}?{OUTBOX_KEY_PARAM}={key}" if key else url
-
-    async def send_sms(self, *, to: str, body: str, purpose: str) -> str:
-        """Send an SMS from the short number."""
-        message = await self._create(
-            "SMS",
-            self._client.messages.create,
-            to=to,
-            from_=self._settings.sms_number,
-            body=body,
-            status_callback=self._callback(self._sms_status_url),
-        )
-        return str(message.sid)
-
-    async def place_call(self, *, to: str, url: str, purpose: str) -> str:
-        """Place a call from the hotline number."""
-        call = await self._create(
-            "call",
-            self._client.calls.create,
-            to=to,
-            from_=self._settings.hotline_number,
-            url=url,
-            status_callback=self._callback(self._call_status_url),
-        )
-        return str(call.sid)
-
-    async def _create(self, what: str, create: Callable[..., Any], **params: object) -> Any:
-        from core.twilio_rest import classify_failure
-
-        def in_thread() -> Any:
-            try:
-                return create(**params)
-            except Exception as exc:
-                # Read in the same worker thread: the Retry-After of this very response.
-                raise classify_failure(what, exc, self._client.http_client) from None
-
-        return await asyncio.to_thread(in_thread)
 
 
 def build_messenger(settings: Settings) -> Messenger:

@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.audit import has_pending_events
-from core.hours import utc_now
+from core.clock import utcnow
 from core.services import Services
 from core.twilio_security import TwilioForm
 
@@ -34,7 +34,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 async def request_time() -> datetime:
     """Now, for the working hours; tests override it (`app.dependency_overrides`)."""
-    return utc_now()
+    return utcnow()
 
 
 Now = Annotated[datetime, Depends(request_time)]

@@ -49,19 +49,19 @@ import structlog
 from sqlalchemy import ColumnElement, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import Clock, utcnow
 from core.config import Settings
 from core.crypto import Keyring
-from core.db import transaction, utcnow
-from core.delivery import (
-    SECRET_PURPOSES,
+from core.db import transaction
+from core.delivery import SECRET_PURPOSES, further
+from core.mail import Mailer, mask_email
+from core.messenger import (
     AmbiguousDeliveryError,
     DeliveryFailed,
     Messenger,
     TransientDeliveryError,
     current_outbox_key,
-    further,
 )
-from core.mail import Mailer, mask_email
 from core.metrics import OUTBOUND, OUTBOUND_FAILURES, OUTBOUND_RETRIES, OUTBOX_PENDING
 from core.models import OutboundChannel, OutboxMessage
 from core.phones import mask_phone
@@ -73,7 +73,7 @@ BATCH = 50
 # flag would race (another request's drain could clear it before this one commits).
 _queued_here: ContextVar[list[bool] | None] = ContextVar("queued_here", default=None)
 OnFailure = Callable[[AsyncSession, OutboxMessage], Awaitable[None]]
-Clock = Callable[[], datetime]
+
 # random.uniform's shape: a number between the two bounds.
 Jitter = Callable[[float, float], float]
 

@@ -8,8 +8,8 @@ from enum import StrEnum
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.clock import utcnow
 from core.crypto import Keyring
-from core.db import utcnow
 from core.models import CALLER_ID_CHARS, Escalation, EscalationKind, EscalationStatus
 from core.phones import mask_account
 

@@ -8,7 +8,8 @@ from enum import StrEnum
 from sqlalchemy import Enum, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from core.db import Base, utcnow
+from core.clock import utcnow
+from core.db import Base
 
 # A caller ID as Twilio gives it: an E.164 number, but also a `sip:` URI or a `client:` identity.
 # The voice webhooks keep at most this much of `From`, and the columns that store it are as wide.

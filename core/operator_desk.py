@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.accounts import AccountDirectory
 from core.audit import AuditLog
+from core.clock import utcnow
 from core.config import Settings
 from core.crypto import Keyring
-from core.db import utcnow
 from core.delivery import Delivery
 from core.models import AuditEvent, Escalation, EscalationStatus
 from core.phones import mask_account, mask_phone

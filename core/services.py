@@ -13,9 +13,10 @@ from core.audit import AuditLog
 from core.config import DirectoryKind, Settings
 from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker
-from core.delivery import Delivery, Messenger, build_messenger
+from core.delivery import Delivery, build_messenger
 from core.dispatch import Dispatcher, RetryPolicy
 from core.mail import build_mailer
+from core.messenger import Messenger
 from core.models import OutboxMessage
 from core.passwords import configure_hashing
 from core.recovery import RecoveryService

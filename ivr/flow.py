@@ -7,10 +7,11 @@ from urllib.parse import urlencode
 
 import structlog
 
+from core.clock import Clock, utcnow
 from core.config import Settings
 from core.crypto import Keyring
 from core.escalations import Escalations
-from core.hours import Clock, Schedule, utc_now
+from core.hours import Schedule
 from core.metrics import ESCALATIONS, TRANSFER_OUTCOMES
 from core.models import EscalationKind
 from core.recovery import (
@@ -57,7 +58,7 @@ class VoiceFlow:
         keyring: Keyring,
         prompts: Catalogue,
         escalations: Escalations,
-        clock: Clock = utc_now,
+        clock: Clock = utcnow,
     ) -> None:
         self._settings = settings
         self._recovery = recovery

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from redis.exceptions import RedisError
 
 from core.audit import AuditLog
+from core.clock import utcnow
 from core.delivery import record_status
 from core.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequest, request_time
 from core.escalations import Escalations, Outcome
-from core.hours import Schedule, utc_now
+from core.hours import Schedule
 from core.metrics import TRANSFER_OUTCOMES
 from core.models import CALLER_ID_CHARS, Escalation, EscalationKind, EscalationStatus
 from core.operators import MAX_DESK_NUMBER_DIGITS, MAX_DESK_PIN, DeskSignIn, DeskVerdict
@@ -45,7 +46,7 @@ def _guard(request: Request, form: TwilioForm | None) -> Response:
     Needs neither the database nor Redis: only the configuration and the clock.
     """
     services: Services = request.app.state.services
-    clock = request.app.dependency_overrides.get(request_time, utc_now)
+    clock = request.app.dependency_overrides.get(request_time, utcnow)
     return _apology(services, form.get("CallSid") if form else "", clock())
 
 

@@ -7,9 +7,10 @@ from urllib.parse import urlencode
 
 import structlog
 
+from core.clock import Clock, utcnow
 from core.config import Settings
 from core.escalations import Escalations
-from core.hours import Clock, Schedule, utc_now
+from core.hours import Schedule
 from core.metrics import ESCALATIONS
 from core.models import EscalationKind
 from core.optout import OptOuts
@@ -48,7 +49,7 @@ class SmsDialog:
         escalations: Escalations,
         threads: SmsThreads,
         replies: ReplyGate,
-        clock: Clock = utc_now,
+        clock: Clock = utcnow,
     ) -> None:
         self._settings = settings
         self._recovery = recovery

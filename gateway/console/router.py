@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
 from core.audit import AuditLog
-from core.db import utcnow
+from core.clock import utcnow
 from core.delivery import Delivery
 from core.deps import DbSession, SendAfterResponse, ServicesDep
 from core.models import Escalation, EscalationKind, EscalationStatus
