@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 import structlog
 
 from core.clock import Clock, utcnow
+from core.codes import well_formed_code
 from core.config import Settings
 from core.crypto import Keyring
 from core.escalations import Escalations
@@ -320,7 +321,7 @@ class VoiceFlow:
         self._go(call, State.verify_code)
 
     async def _code_entered(self, call: CallSession, digits: str) -> None:
-        if len(digits) != 6 or not digits.isdigit():
+        if not well_formed_code(digits):
             await self._retry(call, "voice.code_malformed")
             return
         attempt = await self._attempt(call)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from urllib.parse import urlencode
 
+from core.codes import CODE_DIGITS
 from core.config import OperatorRoute, Settings
 from core.crypto import Keyring
 from core.hours import Schedule
@@ -105,7 +106,7 @@ class Screens:
             # Keys end with `#`, or on their own once the longest account number is keyed (§3).
             num_digits={
                 None: 1,
-                Entry.code: 6,
+                Entry.code: CODE_DIGITS,
                 Entry.account_number: self._settings.account_number_max_length,
             }[spec.entry],
             finish_on_key="" if spec.entry is Entry.code else "#",

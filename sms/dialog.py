@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 import structlog
 
 from core.clock import Clock, utcnow
+from core.codes import well_formed_code
 from core.config import Settings
 from core.escalations import Escalations
 from core.hours import Schedule
@@ -172,7 +173,7 @@ class SmsDialog:
         attempt = await self._recovery.load(thread.attempt_id) if thread.attempt_id else None
         if attempt is None:
             return self._reply("sms.reply_no_request", thread)
-        if len(code) != 6 or not code.isdigit():
+        if not well_formed_code(code):
             return self._reply("sms.reply_code_malformed", thread)
         verified = await self._recovery.verify(attempt, code, message_sid, by_sms=True)
         outcome = verified.outcome
