@@ -19,7 +19,7 @@ from core.config import MessengerKind, Settings
 from core.crypto import Keyring
 from core.messenger import Messenger
 from core.metrics import OUTBOUND
-from core.models import OutboundChannel, OutboxMessage
+from core.models import OutboundChannel, OutboxMessage, OutboxPurpose, OutboxStatus
 from core.optout import OptOuts
 from core.phones import mask_phone, outbound_allowed
 from core.twilio_rest import TwilioMessenger
@@ -55,22 +55,22 @@ def build_messenger(settings: Settings) -> Messenger:
 # The only SMS that may reach a number that has opted out (§4): the confirmation of its STOP,
 # and the notice that a recovery of the account completed (§6.8) — a spoofed STOP must not
 # silence the one message that tells a resident someone else got into the cabinet.
-OPT_OUT_CONFIRMATION = "optout_confirmation"
-RECOVERY_NOTICE = "notice"
+OPT_OUT_CONFIRMATION = OutboxPurpose.optout_confirmation
+RECOVERY_NOTICE = OutboxPurpose.notice
 DESPITE_OPT_OUT = frozenset({OPT_OUT_CONFIRMATION, RECOVERY_NOTICE})
 
 # A well-formed number that is never on file: withheld messages do the same checks on it.
 WITHHELD_PLACEHOLDER = "+79000000000"
 
-FAILED_STATUSES = frozenset({"undelivered", "failed"})
-DELIVERED_STATUSES = frozenset({"delivered", "read"})
+FAILED_STATUSES = frozenset({OutboxStatus.undelivered, OutboxStatus.failed})
+DELIVERED_STATUSES = frozenset({OutboxStatus.delivered, OutboxStatus.read})
 # Texts that carry a secret: purged once delivered, or once the secret has expired anyway.
-SECRET_PURPOSES = frozenset({"code", "password"})
+SECRET_PURPOSES = frozenset({OutboxPurpose.code, OutboxPurpose.password})
 # The status of a held cabinet PUT: outside the dispatcher's "queued", so only the settler sees it.
-CABINET_PENDING = "pending"
+CABINET_PENDING = OutboxStatus.pending
 
 # Messages that hand a resident a code (the SMS, or the call that speaks one): never late.
-CODE_PURPOSES = frozenset({"code", "code_call"})
+CODE_PURPOSES = frozenset({OutboxPurpose.code, OutboxPurpose.code_call})
 
 
 class Delivery:
@@ -108,7 +108,7 @@ class Delivery:
             ttl = self._settings.code_ttl_seconds
             margin = min(self._settings.outbox_code_send_margin_seconds, ttl // 2)
             return now + timedelta(seconds=ttl - margin)
-        if purpose == "password":
+        if purpose == OutboxPurpose.password:
             return now + timedelta(hours=self._settings.temp_password_ttl_hours)
         return None
 
@@ -132,7 +132,7 @@ class Delivery:
         body: str = "",
         url: str | None = None,
         attempt_ref: str | None = None,
-        status: str = "queued",
+        status: OutboxStatus = OutboxStatus.queued,
     ) -> None:
         self._session.add(
             OutboxMessage(
@@ -147,13 +147,14 @@ class Delivery:
                 # Sealed at rest until sent (then dropped) or purged.
                 body=self._keyring.seal(body) if body else "",
                 url=url,
-                purpose=purpose,
+                # An unknown purpose is a bug: refused here, before anything is stored.
+                purpose=OutboxPurpose(purpose),
                 status=status,
                 attempt_ref=attempt_ref,
             )
         )
         await self._session.flush()
-        if status == "queued":
+        if status is OutboxStatus.queued:
             self._notify()
 
     async def sms(
@@ -172,7 +173,7 @@ class Delivery:
         else:
             await self._queue(OutboundChannel.sms, to, purpose, body=body, attempt_ref=attempt_ref)
             return True
-        await self._queue(OutboundChannel.sms, "", purpose, body=body, status="withheld")
+        await self._queue(OutboundChannel.sms, "", purpose, body=body, status=OutboxStatus.withheld)
         return False
 
     async def call(
@@ -182,7 +183,9 @@ class Delivery:
         if not self.allowed(to):
             log.warning("outbound.refused_destination", to=mask_phone(to), purpose=purpose)
             OUTBOUND.labels(channel="call", purpose=purpose, result="refused").inc()
-            await self._queue(OutboundChannel.call, "", purpose, url=url, status="withheld")
+            await self._queue(
+                OutboundChannel.call, "", purpose, url=url, status=OutboxStatus.withheld
+            )
             return False
         await self._queue(OutboundChannel.call, to, purpose, url=url, attempt_ref=attempt_ref)
         return True
@@ -193,7 +196,7 @@ class Delivery:
         """Do a send's work for a message that goes nowhere (timing must not tell, §6.2)."""
         self.allowed(WITHHELD_PLACEHOLDER)
         await self._opt_outs.is_opted_out(WITHHELD_PLACEHOLDER)
-        await self._queue(channel, "", purpose, body=body, url=url, status="withheld")
+        await self._queue(channel, "", purpose, body=body, url=url, status=OutboxStatus.withheld)
         return False
 
     async def hold_for_cabinet(self, account_number: str, put_body: str, until: datetime) -> None:
@@ -207,7 +210,7 @@ class Delivery:
                 from_number="",
                 # The body holds the password: sealed at rest, blanked once settled.
                 body=self._keyring.seal(put_body),
-                purpose="cabinet_password",
+                purpose=OutboxPurpose.cabinet_password,
                 status=CABINET_PENDING,
             )
         )
@@ -226,7 +229,7 @@ async def list_outbox(
     """Outbox rows, oldest first."""
     query = (
         select(OutboxMessage)
-        .where(OutboxMessage.id > after_id, OutboxMessage.status != "withheld")
+        .where(OutboxMessage.id > after_id, OutboxMessage.status != OutboxStatus.withheld)
         .order_by(OutboxMessage.id)
     )
     if to_number:
@@ -239,22 +242,22 @@ async def list_outbox(
 # (queued, claimed, sending, unknown...) are 0: any word from the provider is news. A delivery
 # wins over a contradicting failure report: it is the proof that the message arrived.
 PROGRESS: Mapping[str, int] = {
-    "sent": 1,
-    "initiated": 1,
-    "ringing": 2,
-    "in-progress": 3,
-    "undelivered": 4,
-    "failed": 4,
-    "busy": 4,
-    "no-answer": 4,
-    "canceled": 4,
-    "delivered": 5,
-    "completed": 5,
-    "read": 6,
+    OutboxStatus.sent: 1,
+    OutboxStatus.initiated: 1,
+    OutboxStatus.ringing: 2,
+    OutboxStatus.in_progress: 3,
+    OutboxStatus.undelivered: 4,
+    OutboxStatus.failed: 4,
+    OutboxStatus.busy: 4,
+    OutboxStatus.no_answer: 4,
+    OutboxStatus.canceled: 4,
+    OutboxStatus.delivered: 5,
+    OutboxStatus.completed: 5,
+    OutboxStatus.read: 6,
 }
 
 
-def further(current: str, reported: str) -> str:
+def further(current: OutboxStatus, reported: OutboxStatus) -> OutboxStatus:
     """The status a row should have after `reported`: the one that got further."""
     return reported if PROGRESS.get(reported, 0) > PROGRESS.get(current, 0) else current
 
@@ -287,7 +290,7 @@ async def record_status(
     status = (status or "")[:16]
     # Any other word ("queued", "accepted", "sending"...) only says the provider has it; never
     # one of the dispatcher's own states, or it would send the message again.
-    reported = status if status in PROGRESS else "sent"
+    reported = OutboxStatus(status) if status in PROGRESS else OutboxStatus.sent
     if further(row.status, reported) != row.status:
         row.status = reported
         row.error_code = error_code[:16] if error_code else None
@@ -301,9 +304,9 @@ async def purge_expired_secrets(session: AsyncSession, settings: Settings) -> in
     """Blank the text of code and password messages whose secret can no longer be used."""
     now = utcnow()
     horizons = {
-        "code": now - timedelta(seconds=settings.code_ttl_seconds),
-        "password": now - timedelta(hours=settings.temp_password_ttl_hours),
-        "cabinet_password": now - timedelta(hours=settings.temp_password_ttl_hours),
+        OutboxPurpose.code: now - timedelta(seconds=settings.code_ttl_seconds),
+        OutboxPurpose.password: now - timedelta(hours=settings.temp_password_ttl_hours),
+        OutboxPurpose.cabinet_password: now - timedelta(hours=settings.temp_password_ttl_hours),
     }
     purged = 0
     for purpose, horizon in horizons.items():
@@ -320,7 +323,8 @@ async def purge_expired_secrets(session: AsyncSession, settings: Settings) -> in
     # Withheld rows only existed to make every path cost the same.
     withheld = await session.execute(
         delete(OutboxMessage).where(
-            OutboxMessage.status == "withheld", OutboxMessage.created_at < horizons["code"]
+            OutboxMessage.status == OutboxStatus.withheld,
+            OutboxMessage.created_at < horizons[OutboxPurpose.code],
         )
     )
     return purged + int(getattr(withheld, "rowcount", 0) or 0)
