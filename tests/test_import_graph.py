@@ -65,9 +65,9 @@ def _imported_names(module: str, path: Path) -> Iterator[str]:
             else:
                 base = node.module or ""
             for alias in node.names:
-                # `from core import recovery` imports the module core.recovery.
+                # `from core import recovery` imports the module core.recovery; a name that is
+                # not a module resolves to `base` itself.
                 yield f"{base}.{alias.name}" if alias.name != "*" else base
-            yield base
 
 
 def import_graph() -> dict[str, set[str]]:
