@@ -13,8 +13,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import lazyload
 
+from core.clock import utcnow
 from core.config import Settings
-from core.db import utcnow
 from core.models import Account, AccountPhone, Credential, LineType
 from core.passwords import (
     generate_temporary_password,

@@ -34,11 +34,12 @@ from core.accounts import (
     PasswordNotSet,
     TemporaryPassword,
 )
+from core.clock import utcnow
 from core.config import Settings
 from core.crypto import Keyring
-from core.db import transaction, utcnow
+from core.db import transaction
 from core.delivery import CABINET_PENDING
-from core.models import OutboundChannel, OutboxMessage
+from core.models import OutboundChannel, OutboxMessage, OutboxStatus
 from core.phones import InvalidPhoneNumber, Phone, mask_account, parse_phone
 
 log = structlog.get_logger(__name__)
@@ -412,7 +413,7 @@ class CabinetSettler:
         except httpx.HTTPError:
             return 0
         if response.status_code == 204:
-            self._close(row, "applied", status="sent")
+            self._close(row, "applied", status=OutboxStatus.sent)
             log.info("cabinet.settled", account=mask_account(row.to_number))
             return 1
         if _classify(response) is CabinetOutcome.retry:
@@ -424,7 +425,9 @@ class CabinetSettler:
         return 1
 
     @staticmethod
-    def _close(row: OutboxMessage, reason: str, *, status: str = "failed") -> None:
+    def _close(
+        row: OutboxMessage, reason: str, *, status: OutboxStatus = OutboxStatus.failed
+    ) -> None:
         row.status = status
         row.reason = reason[:32]
         row.body = ""

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import lazyload, selectinload
 
+from core.clock import utcnow
 from core.config import Settings
-from core.db import utcnow
 from core.models import Account, AccountPhone
 from core.phones import InvalidPhoneNumber, Phone, parse_phone
 

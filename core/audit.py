@@ -18,8 +18,8 @@ from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from core.clock import utcnow
 from core.crypto import Keyring
-from core.db import utcnow
 from core.metrics import RECOVERY_EVENTS
 from core.models import AuditEvent
 from core.phones import mask_account

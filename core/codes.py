@@ -54,6 +54,11 @@ return {0, 0}
 """
 
 
+def well_formed_code(code: str) -> bool:
+    """Exactly CODE_DIGITS digits: anything else is not worth a check (nor an attempt)."""
+    return len(code) == CODE_DIGITS and code.isdigit()
+
+
 class CodeCheck(StrEnum):
     accepted = "accepted"
     wrong = "wrong"
@@ -123,7 +128,7 @@ class CodeStore:
         code was delivered), and the last allowed wrong one invalidates the code.
         """
         # Malformed input is hashed too, so every path costs the same; it never matches.
-        well_formed = len(code) == CODE_DIGITS and code.isdigit()
+        well_formed = well_formed_code(code)
         digest = self._digest(attempt_id, code if well_formed else "malformed")
         if not well_formed:
             digest = "-"

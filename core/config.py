@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass, field
 from datetime import date
+from email.utils import parseaddr
 from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.hours import parse_hours, parse_zone
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "dev", "development"})
 DEV_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
@@ -95,6 +100,61 @@ def normalize_database_url(url: str) -> str:
 
 
 # --- end of connection URLs -------------------------------------------------------------------
+
+
+# The SMTP relay (core/mail.py sends through it).
+# scheme -> (default port, TLS from the start, STARTTLS required)
+SCHEMES = {
+    "smtp": (25, False, False),
+    "smtp+starttls": (587, False, True),
+    "smtps": (465, True, False),
+}
+SMTP_URL_HELP = (
+    "write smtp://host:25, smtp+starttls://user:password@host:587 or smtps://user:password@host:465"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpRelay:
+    """Where and how to reach the relay; the password never shows in a repr."""
+
+    hostname: str
+    port: int
+    use_tls: bool
+    start_tls: bool
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def parse_smtp_url(url: str) -> SmtpRelay:
+    """The relay a GATEWAY_SMTP_URL names; refuses what cannot work (never quoting the URL)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise UnsafeSettingsError(f"GATEWAY_SMTP_URL is not a URL: {SMTP_URL_HELP}.") from None
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        named = f"{scheme}://" if scheme else "no scheme"
+        raise UnsafeSettingsError(f"GATEWAY_SMTP_URL has {named}: {SMTP_URL_HELP}.")
+    if not parts.hostname:
+        raise UnsafeSettingsError(f"GATEWAY_SMTP_URL names no host: {SMTP_URL_HELP}.")
+    default_port, use_tls, start_tls = SCHEMES[scheme]
+    return SmtpRelay(
+        hostname=parts.hostname,
+        port=port or default_port,
+        use_tls=use_tls,
+        start_tls=start_tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def mail_address(value: str) -> str:
+    """The bare address of `Name <user@host>` or `user@host`; "" if there is none."""
+    address = parseaddr(value)[1]
+    local, at, domain = address.rpartition("@")
+    return address if at and local and "." in domain else ""
 
 
 class Settings(BaseSettings):
@@ -239,16 +299,12 @@ class Settings(BaseSettings):
     @field_validator("operator_hours")
     @classmethod
     def _check_operator_hours(cls, value: str) -> str:
-        from core.hours import parse_hours
-
         parse_hours(value)  # a HoursError (a ValueError) names what is wrong
         return value
 
     @field_validator("operator_timezone")
     @classmethod
     def _check_operator_timezone(cls, value: str) -> str:
-        from core.hours import parse_zone
-
         parse_zone(value)
         return value
 
@@ -412,8 +468,6 @@ class Settings(BaseSettings):
             )
 
     def _check_mail(self) -> None:
-        from core.mail import mail_address, parse_smtp_url
-
         assert self.smtp_url is not None
         parse_smtp_url(self.smtp_url.get_secret_value())
         if not mail_address(self.mail_from):

@@ -51,11 +51,6 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UtcDateTime}  # noqa: RUF012 - SQLAlchemy reads it as is
 
 
-def utcnow() -> datetime:
-    """The current time, timezone-aware."""
-    return datetime.now(UTC)
-
-
 # Connecting to PostgreSQL when no timeout was asked for (migrations, the CLI): asyncpg's own
 # default is a minute.
 CONNECT_TIMEOUT_SECONDS = 10.0

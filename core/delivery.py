@@ -6,80 +6,25 @@ mode the row is the message; with Twilio it is the record status callbacks updat
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.clock import utcnow
 from core.config import MessengerKind, Settings
 from core.crypto import Keyring
-from core.db import utcnow
+from core.messenger import Messenger
 from core.metrics import OUTBOUND
-from core.models import OutboundChannel, OutboxMessage
+from core.models import OutboundChannel, OutboxMessage, OutboxPurpose, OutboxStatus
 from core.optout import OptOuts
 from core.phones import mask_phone, outbound_allowed
+from core.twilio_rest import TwilioMessenger
 
 log = structlog.get_logger(__name__)
-
-
-class DeliveryFailed(RuntimeError):
-    """The provider refused the message for good (invalid number, unsubscribed...): not retried.
-
-    `error_code` is the provider's error code or a fixed word ("send", "http_400"): never a
-    number, a text or anything else a resident gave us.
-    """
-
-    def __init__(self, message: str, *, error_code: str = "send") -> None:
-        super().__init__(message)
-        self.error_code = error_code[:16]
-
-
-class TransientDeliveryError(DeliveryFailed):
-    """The provider did not take the message, and saying so was certain: 5xx, 429, no connection.
-
-    Safe to send again later; `retry_after` is the provider's Retry-After in seconds, if given.
-    """
-
-    def __init__(self, message: str, *, error_code: str, retry_after: float | None = None) -> None:
-        super().__init__(message, error_code=error_code)
-        self.retry_after = retry_after
-
-
-class AmbiguousDeliveryError(DeliveryFailed):
-    """The request may have reached the provider, and no answer came back (a read timeout).
-
-    Twilio may have accepted the message: sending it again could deliver it twice, so the
-    dispatcher never does (see core/dispatch.py for the reasoning).
-    """
-
-
-# The outbox row a send is for. The dispatcher sets it around each messenger call, so that the
-# Twilio messenger can name the row in the StatusCallback URL without the Messenger protocol
-# (and every fake implementing it) growing a parameter. Asyncio tasks and to_thread copy it.
-current_outbox_key: ContextVar[str | None] = ContextVar("current_outbox_key", default=None)
-# The query parameter of the StatusCallback URL that carries it.
-OUTBOX_KEY_PARAM = "outbox"
-
-
-class Messenger(Protocol):
-    """Sends an SMS or places a call and returns the provider's id (e-mails wait in the outbox)."""
-
-    # True when nothing leaves the building: the outbox row (with its text) is the message.
-    keeps_messages: bool
-
-    async def send_sms(self, *, to: str, body: str, purpose: str) -> str:
-        """Send one SMS."""
-        ...
-
-    async def place_call(self, *, to: str, url: str, purpose: str) -> str:
-        """Place an outbound call whose TwiML is fetched from `url`."""
-        ...
 
 
 def _sid(prefix: str) -> str:
@@ -100,71 +45,6 @@ class OutboxMessenger:
         return _sid("CA")
 
 
-class TwilioMessenger:
-    """Sends through the real Twilio REST client, with status callbacks.
-
-    Every failure is classified for the dispatcher (core/dispatch.py): permanent (4xx other than
-    429: DeliveryFailed), certainly not taken (5xx, 429, no connection: TransientDeliveryError),
-    or unknown (the request went out and no answer came: AmbiguousDeliveryError).
-    """
-
-    keeps_messages = False
-
-    def __init__(self, settings: Settings) -> None:
-        from core.twilio_rest import build_twilio_client
-
-        self._settings = settings
-        self._client = build_twilio_client(settings)
-        base = settings.public_base_url.rstrip("/")
-        self._sms_status_url = f"{base}/sms/status"
-        self._call_status_url = f"{base}/ivr/status"
-
-    def __repr__(self) -> str:
-        return "TwilioMessenger(<client>)"
-
-    @staticmethod
-    def _callback(url: str) -> str:
-        """The status callback URL, naming the outbox row when the dispatcher sends one."""
-        key = current_outbox_key.get()
-        return f"{url}?{OUTBOX_KEY_PARAM}={key}" if key else url
-
-    async def send_sms(self, *, to: str, body: str, purpose: str) -> str:
-        """Send an SMS from the short number."""
-        message = await self._create(
-            "SMS",
-            self._client.messages.create,
-            to=to,
-            from_=self._settings.sms_number,
-            body=body,
-            status_callback=self._callback(self._sms_status_url),
-        )
-        return str(message.sid)
-
-    async def place_call(self, *, to: str, url: str, purpose: str) -> str:
-        """Place a call from the hotline number."""
-        call = await self._create(
-            "call",
-            self._client.calls.create,
-            to=to,
-            from_=self._settings.hotline_number,
-            url=url,
-            status_callback=self._callback(self._call_status_url),
-        )
-        return str(call.sid)
-
-    async def _create(self, what: str, create: Callable[..., Any], **params: object) -> Any:
-        from core.twilio_rest import classify_failure
-
-        def in_thread() -> Any:
-            try:
-                return create(**params)
-            except Exception as exc:
-                # Read in the same worker thread: the Retry-After of this very response.
-                raise classify_failure(what, exc, self._client.http_client) from None
-
-        return await asyncio.to_thread(in_thread)
-
-
 def build_messenger(settings: Settings) -> Messenger:
     """The messenger the settings ask for."""
     if settings.messenger is MessengerKind.twilio:
@@ -175,22 +55,22 @@ def build_messenger(settings: Settings) -> Messenger:
 # The only SMS that may reach a number that has opted out (§4): the confirmation of its STOP,
 # and the notice that a recovery of the account completed (§6.8) — a spoofed STOP must not
 # silence the one message that tells a resident someone else got into the cabinet.
-OPT_OUT_CONFIRMATION = "optout_confirmation"
-RECOVERY_NOTICE = "notice"
+OPT_OUT_CONFIRMATION = OutboxPurpose.optout_confirmation
+RECOVERY_NOTICE = OutboxPurpose.notice
 DESPITE_OPT_OUT = frozenset({OPT_OUT_CONFIRMATION, RECOVERY_NOTICE})
 
 # A well-formed number that is never on file: withheld messages do the same checks on it.
 WITHHELD_PLACEHOLDER = "+79000000000"
 
-FAILED_STATUSES = frozenset({"undelivered", "failed"})
-DELIVERED_STATUSES = frozenset({"delivered", "read"})
+FAILED_STATUSES = frozenset({OutboxStatus.undelivered, OutboxStatus.failed})
+DELIVERED_STATUSES = frozenset({OutboxStatus.delivered, OutboxStatus.read})
 # Texts that carry a secret: purged once delivered, or once the secret has expired anyway.
-SECRET_PURPOSES = frozenset({"code", "password"})
+SECRET_PURPOSES = frozenset({OutboxPurpose.code, OutboxPurpose.password})
 # The status of a held cabinet PUT: outside the dispatcher's "queued", so only the settler sees it.
-CABINET_PENDING = "pending"
+CABINET_PENDING = OutboxStatus.pending
 
 # Messages that hand a resident a code (the SMS, or the call that speaks one): never late.
-CODE_PURPOSES = frozenset({"code", "code_call"})
+CODE_PURPOSES = frozenset({OutboxPurpose.code, OutboxPurpose.code_call})
 
 
 class Delivery:
@@ -228,7 +108,7 @@ class Delivery:
             ttl = self._settings.code_ttl_seconds
             margin = min(self._settings.outbox_code_send_margin_seconds, ttl // 2)
             return now + timedelta(seconds=ttl - margin)
-        if purpose == "password":
+        if purpose == OutboxPurpose.password:
             return now + timedelta(hours=self._settings.temp_password_ttl_hours)
         return None
 
@@ -252,7 +132,7 @@ class Delivery:
         body: str = "",
         url: str | None = None,
         attempt_ref: str | None = None,
-        status: str = "queued",
+        status: OutboxStatus = OutboxStatus.queued,
     ) -> None:
         self._session.add(
             OutboxMessage(
@@ -267,13 +147,14 @@ class Delivery:
                 # Sealed at rest until sent (then dropped) or purged.
                 body=self._keyring.seal(body) if body else "",
                 url=url,
-                purpose=purpose,
+                # An unknown purpose is a bug: refused here, before anything is stored.
+                purpose=OutboxPurpose(purpose),
                 status=status,
                 attempt_ref=attempt_ref,
             )
         )
         await self._session.flush()
-        if status == "queued":
+        if status is OutboxStatus.queued:
             self._notify()
 
     async def sms(
@@ -292,7 +173,7 @@ class Delivery:
         else:
             await self._queue(OutboundChannel.sms, to, purpose, body=body, attempt_ref=attempt_ref)
             return True
-        await self._queue(OutboundChannel.sms, "", purpose, body=body, status="withheld")
+        await self._queue(OutboundChannel.sms, "", purpose, body=body, status=OutboxStatus.withheld)
         return False
 
     async def call(
@@ -302,7 +183,9 @@ class Delivery:
         if not self.allowed(to):
             log.warning("outbound.refused_destination", to=mask_phone(to), purpose=purpose)
             OUTBOUND.labels(channel="call", purpose=purpose, result="refused").inc()
-            await self._queue(OutboundChannel.call, "", purpose, url=url, status="withheld")
+            await self._queue(
+                OutboundChannel.call, "", purpose, url=url, status=OutboxStatus.withheld
+            )
             return False
         await self._queue(OutboundChannel.call, to, purpose, url=url, attempt_ref=attempt_ref)
         return True
@@ -313,7 +196,7 @@ class Delivery:
         """Do a send's work for a message that goes nowhere (timing must not tell, §6.2)."""
         self.allowed(WITHHELD_PLACEHOLDER)
         await self._opt_outs.is_opted_out(WITHHELD_PLACEHOLDER)
-        await self._queue(channel, "", purpose, body=body, url=url, status="withheld")
+        await self._queue(channel, "", purpose, body=body, url=url, status=OutboxStatus.withheld)
         return False
 
     async def hold_for_cabinet(self, account_number: str, put_body: str, until: datetime) -> None:
@@ -327,7 +210,7 @@ class Delivery:
                 from_number="",
                 # The body holds the password: sealed at rest, blanked once settled.
                 body=self._keyring.seal(put_body),
-                purpose="cabinet_password",
+                purpose=OutboxPurpose.cabinet_password,
                 status=CABINET_PENDING,
             )
         )
@@ -346,7 +229,7 @@ async def list_outbox(
     """Outbox rows, oldest first."""
     query = (
         select(OutboxMessage)
-        .where(OutboxMessage.id > after_id, OutboxMessage.status != "withheld")
+        .where(OutboxMessage.id > after_id, OutboxMessage.status != OutboxStatus.withheld)
         .order_by(OutboxMessage.id)
     )
     if to_number:
@@ -359,22 +242,22 @@ async def list_outbox(
 # (queued, claimed, sending, unknown...) are 0: any word from the provider is news. A delivery
 # wins over a contradicting failure report: it is the proof that the message arrived.
 PROGRESS: Mapping[str, int] = {
-    "sent": 1,
-    "initiated": 1,
-    "ringing": 2,
-    "in-progress": 3,
-    "undelivered": 4,
-    "failed": 4,
-    "busy": 4,
-    "no-answer": 4,
-    "canceled": 4,
-    "delivered": 5,
-    "completed": 5,
-    "read": 6,
+    OutboxStatus.sent: 1,
+    OutboxStatus.initiated: 1,
+    OutboxStatus.ringing: 2,
+    OutboxStatus.in_progress: 3,
+    OutboxStatus.undelivered: 4,
+    OutboxStatus.failed: 4,
+    OutboxStatus.busy: 4,
+    OutboxStatus.no_answer: 4,
+    OutboxStatus.canceled: 4,
+    OutboxStatus.delivered: 5,
+    OutboxStatus.completed: 5,
+    OutboxStatus.read: 6,
 }
 
 
-def further(current: str, reported: str) -> str:
+def further(current: OutboxStatus, reported: OutboxStatus) -> OutboxStatus:
     """The status a row should have after `reported`: the one that got further."""
     return reported if PROGRESS.get(reported, 0) > PROGRESS.get(current, 0) else current
 
@@ -407,7 +290,7 @@ async def record_status(
     status = (status or "")[:16]
     # Any other word ("queued", "accepted", "sending"...) only says the provider has it; never
     # one of the dispatcher's own states, or it would send the message again.
-    reported = status if status in PROGRESS else "sent"
+    reported = OutboxStatus(status) if status in PROGRESS else OutboxStatus.sent
     if further(row.status, reported) != row.status:
         row.status = reported
         row.error_code = error_code[:16] if error_code else None
@@ -421,9 +304,9 @@ async def purge_expired_secrets(session: AsyncSession, settings: Settings) -> in
     """Blank the text of code and password messages whose secret can no longer be used."""
     now = utcnow()
     horizons = {
-        "code": now - timedelta(seconds=settings.code_ttl_seconds),
-        "password": now - timedelta(hours=settings.temp_password_ttl_hours),
-        "cabinet_password": now - timedelta(hours=settings.temp_password_ttl_hours),
+        OutboxPurpose.code: now - timedelta(seconds=settings.code_ttl_seconds),
+        OutboxPurpose.password: now - timedelta(hours=settings.temp_password_ttl_hours),
+        OutboxPurpose.cabinet_password: now - timedelta(hours=settings.temp_password_ttl_hours),
     }
     purged = 0
     for purpose, horizon in horizons.items():
@@ -440,7 +323,8 @@ async def purge_expired_secrets(session: AsyncSession, settings: Settings) -> in
     # Withheld rows only existed to make every path cost the same.
     withheld = await session.execute(
         delete(OutboxMessage).where(
-            OutboxMessage.status == "withheld", OutboxMessage.created_at < horizons["code"]
+            OutboxMessage.status == OutboxStatus.withheld,
+            OutboxMessage.created_at < horizons[OutboxPurpose.code],
         )
     )
     return purged + int(getattr(withheld, "rowcount", 0) or 0)

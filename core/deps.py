@@ -12,7 +12,6 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.audit import has_pending_events
-from core.hours import utc_now
 from core.services import Services
 from core.twilio_security import TwilioForm
 
@@ -32,9 +31,9 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def request_time() -> datetime:
-    """Now, for the working hours; tests override it (`app.dependency_overrides`)."""
-    return utc_now()
+async def request_time(services: ServicesDep) -> datetime:
+    """Now, for the working hours: the container's clock."""
+    return services.clock()
 
 
 Now = Annotated[datetime, Depends(request_time)]

@@ -49,21 +49,21 @@ import structlog
 from sqlalchemy import ColumnElement, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import Clock, utcnow
 from core.config import Settings
 from core.crypto import Keyring
-from core.db import transaction, utcnow
-from core.delivery import (
-    SECRET_PURPOSES,
+from core.db import transaction
+from core.delivery import SECRET_PURPOSES, further
+from core.mail import Mailer, mask_email
+from core.messenger import (
     AmbiguousDeliveryError,
     DeliveryFailed,
     Messenger,
     TransientDeliveryError,
     current_outbox_key,
-    further,
 )
-from core.mail import Mailer, mask_email
 from core.metrics import OUTBOUND, OUTBOUND_FAILURES, OUTBOUND_RETRIES, OUTBOX_PENDING
-from core.models import OutboundChannel, OutboxMessage
+from core.models import OutboundChannel, OutboxMessage, OutboxPurpose, OutboxStatus
 from core.phones import mask_phone
 
 log = structlog.get_logger(__name__)
@@ -73,13 +73,13 @@ BATCH = 50
 # flag would race (another request's drain could clear it before this one commits).
 _queued_here: ContextVar[list[bool] | None] = ContextVar("queued_here", default=None)
 OnFailure = Callable[[AsyncSession, OutboxMessage], Awaitable[None]]
-Clock = Callable[[], datetime]
+
 # random.uniform's shape: a number between the two bounds.
 Jitter = Callable[[float, float], float]
 
 # Purposes whose resident is waiting for them right now (on the line, or at the phone): the
 # first failed attempt already offers the other channel, while the retries go on.
-OFFER_AT_FIRST_FAILURE = frozenset({"code"})
+OFFER_AT_FIRST_FAILURE = frozenset({OutboxPurpose.code})
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +214,9 @@ class Dispatcher:
                     for message_id in (
                         await session.scalars(
                             select(OutboxMessage.id)
-                            .where(OutboxMessage.status == "queued", self._ours(), _due(now))
+                            .where(
+                                OutboxMessage.status == OutboxStatus.queued, self._ours(), _due(now)
+                            )
                             .order_by(OutboxMessage.id)
                             .limit(BATCH + len(seen))
                         )
@@ -236,7 +238,10 @@ class Dispatcher:
             waiting, earliest = (
                 await session.execute(
                     select(func.count(), func.min(OutboxMessage.next_attempt_at)).where(
-                        OutboxMessage.status.in_(("queued", "claimed", "sending")), self._ours()
+                        OutboxMessage.status.in_(
+                            (OutboxStatus.queued, OutboxStatus.claimed, OutboxStatus.sending)
+                        ),
+                        self._ours(),
                     )
                 )
             ).one()
@@ -297,9 +302,13 @@ class Dispatcher:
         async with transaction(self._sessionmaker) as session:
             claimed = await session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.id == message_id, OutboxMessage.status == "queued", _due(now))
+                .where(
+                    OutboxMessage.id == message_id,
+                    OutboxMessage.status == OutboxStatus.queued,
+                    _due(now),
+                )
                 .values(
-                    status="claimed",
+                    status=OutboxStatus.claimed,
                     claim_token=token,
                     claimed_until=now + timedelta(seconds=self.policy.lease_seconds),
                 )
@@ -311,10 +320,10 @@ class Dispatcher:
             if row is None or row.claim_token != token:
                 return 0
             if row.send_before is not None and now >= row.send_before:
-                await self._give_up(session, row, "expired", "expired")
+                await self._give_up(session, row, OutboxStatus.expired, "expired")
                 return 1
             # From here on a request may reach the provider: committed before it leaves.
-            row.status = "sending"
+            row.status = OutboxStatus.sending
             row.attempts += 1
             row.idempotency_key = row.idempotency_key or secrets.token_hex(16)
             channel, purpose, to = row.channel, row.purpose, row.to_number
@@ -349,7 +358,11 @@ class Dispatcher:
         if isinstance(result, str):
             # Sent. Even if our lease ran out meanwhile, the sid is the truth: record it. A status
             # callback may have beaten this answer here ("delivered"): that state stands.
-            row.status, row.provider_sid, row.reason = further(row.status, "sent"), result, None
+            row.status, row.provider_sid, row.reason = (
+                further(row.status, OutboxStatus.sent),
+                result,
+                None,
+            )
             row.next_attempt_at = None
             _release(row)
             if row.channel is OutboundChannel.email or not self._messenger.keeps_messages:
@@ -358,28 +371,28 @@ class Dispatcher:
             OUTBOUND.labels(channel=row.channel, purpose=row.purpose, result="sent").inc()
             log.info("outbound.sent", to=_masked_to(row), purpose=row.purpose)
             return
-        if not mine or row.status != "sending":
+        if not mine or row.status is not OutboxStatus.sending:
             # The lease ran out and the row was settled elsewhere (or a status callback, via
             # the key in its URL, already told us the outcome): that record stands.
             log.warning("outbound.claim_lost", purpose=row.purpose)
             return
         row.error_code = result.error_code
         if isinstance(result, AmbiguousDeliveryError):
-            await self._give_up(session, row, "unknown", "ambiguous")
+            await self._give_up(session, row, OutboxStatus.unknown, "ambiguous")
             return
         if not isinstance(result, TransientDeliveryError):
-            await self._give_up(session, row, "failed", "permanent")
+            await self._give_up(session, row, OutboxStatus.failed, "permanent")
             return
         if row.attempts >= self.policy.max_attempts:
-            await self._give_up(session, row, "failed", "gave_up")
+            await self._give_up(session, row, OutboxStatus.failed, "gave_up")
             return
         wait = self.policy.delay(row.attempts, self._jitter, result.retry_after)
         due = self._clock() + timedelta(seconds=wait)
         if row.send_before is not None and due >= row.send_before:
             # The next try would come too late for the code to arrive while valid.
-            await self._give_up(session, row, "expired", "expired")
+            await self._give_up(session, row, OutboxStatus.expired, "expired")
             return
-        row.status, row.reason, row.next_attempt_at = "queued", "retrying", due
+        row.status, row.reason, row.next_attempt_at = OutboxStatus.queued, "retrying", due
         _release(row)
         self._rescheduled.set()
         error_kind = _error_kind(result.error_code)
@@ -398,7 +411,7 @@ class Dispatcher:
             await self._on_failure(session, row)
 
     async def _give_up(
-        self, session: AsyncSession, row: OutboxMessage, status: str, reason: str
+        self, session: AsyncSession, row: OutboxMessage, status: OutboxStatus, reason: str
     ) -> None:
         """This row will not be sent (again): record why and tell the hook, once."""
         # A row still marked "retrying" failed before, and a waiting resident heard then.
@@ -432,15 +445,18 @@ class Dispatcher:
         async with transaction(self._sessionmaker) as session:
             requeued = await session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.status == "claimed", OutboxMessage.claimed_until < now)
-                .values(status="queued", claim_token=None, claimed_until=None)
+                .where(
+                    OutboxMessage.status == OutboxStatus.claimed, OutboxMessage.claimed_until < now
+                )
+                .values(status=OutboxStatus.queued, claim_token=None, claimed_until=None)
             )
             count = int(getattr(requeued, "rowcount", 0) or 0)
             stale = list(
                 (
                     await session.scalars(
                         select(OutboxMessage.id).where(
-                            OutboxMessage.status == "sending", OutboxMessage.claimed_until < now
+                            OutboxMessage.status == OutboxStatus.sending,
+                            OutboxMessage.claimed_until < now,
                         )
                     )
                 ).all()
@@ -451,7 +467,7 @@ class Dispatcher:
                     update(OutboxMessage)
                     .where(
                         OutboxMessage.id == message_id,
-                        OutboxMessage.status == "sending",
+                        OutboxMessage.status == OutboxStatus.sending,
                         OutboxMessage.claimed_until < now,
                     )
                     .values(claimed_until=None)
@@ -461,7 +477,7 @@ class Dispatcher:
                 row = await session.get(OutboxMessage, message_id)
                 assert row is not None
                 row.error_code = "lease"
-                await self._give_up(session, row, "unknown", "ambiguous")
+                await self._give_up(session, row, OutboxStatus.unknown, "ambiguous")
                 count += 1
         if count:
             log.warning("outbound.stale_claims", rows=count)

@@ -8,9 +8,17 @@ from enum import StrEnum
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.clock import utcnow
+from core.config import OperatorRoute
 from core.crypto import Keyring
-from core.db import utcnow
-from core.models import CALLER_ID_CHARS, Escalation, EscalationKind, EscalationStatus
+from core.models import (
+    CALLER_ID_CHARS,
+    Escalation,
+    EscalationKind,
+    EscalationReason,
+    EscalationStatus,
+    Verification,
+)
 from core.phones import mask_account
 
 ContextValue = str | int | bool | None
@@ -40,11 +48,12 @@ class Escalations:
         kind: EscalationKind,
         channel: str,
         phone: str,
-        reason: str,
+        reason: EscalationReason,
+        route: OperatorRoute | None = None,
         session_ref: str = "",
         account_number: str | None = None,
         purpose: str | None = None,
-        verification: str = "none",
+        verification: Verification = Verification.none,
         attempts: int = 0,
         **context: ContextValue,
     ) -> Escalation:
@@ -59,6 +68,7 @@ class Escalations:
             session_ref=session_ref,
             phone=phone[:CALLER_ID_CHARS],
             reason=reason,
+            route=route,
             account_ref=self._keyring.reference(account_number) if account_number else None,
             account_masked=mask_account(account_number) if account_number else None,
             purpose=purpose,
@@ -114,7 +124,7 @@ class Escalations:
             Escalation.channel == "voice",
             Escalation.status == EscalationStatus.waiting,
             Escalation.outcome.is_(None),
-            Escalation.context.like('%"route": "enqueue"%'),
+            Escalation.route == OperatorRoute.enqueue,
         )
         count = await self._session.scalar(select(func.count(Escalation.id)).where(*where))
         head = await self._session.scalar(
@@ -123,13 +133,20 @@ class Escalations:
         return int(count or 0), head
 
     async def retransfer(
-        self, escalation: Escalation, *, reason: str, attempts: int, **context: ContextValue
+        self,
+        escalation: Escalation,
+        *,
+        reason: EscalationReason,
+        attempts: int,
+        route: OperatorRoute,
+        **context: ContextValue,
     ) -> Escalation:
         """The same call transferred again (say, 0 after nobody answered): the case waits again."""
         escalation.kind = EscalationKind.transfer
         escalation.status = EscalationStatus.waiting
         escalation.outcome = None
         escalation.reason = reason
+        escalation.route = route
         escalation.attempts = attempts
         transfers = int(self.context(escalation).get("transfers") or 1)
         self.note(escalation, transfers=transfers + 1, **context)

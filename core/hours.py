@@ -10,17 +10,16 @@ the [hours] fragments of the prompt catalogue, so it follows the caller's langua
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays as official_holidays
 
 if TYPE_CHECKING:
-    from core.config import Settings
     from voice_prompts import Catalogue, Language
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -28,17 +27,24 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_GROUPS = 3
 END_OF_DAY = 24 * 60
 
+
+class HoursSettings(Protocol):
+    """What a schedule is read from: core/config.py's Settings (which imports this module)."""
+
+    @property
+    def operator_hours(self) -> str: ...
+    @property
+    def operator_timezone(self) -> str: ...
+    @property
+    def operator_holidays(self) -> Sequence[date]: ...
+    @property
+    def operator_official_holidays(self) -> bool: ...
+
+
 _GROUP = re.compile(
     r"^(?P<first>[a-z]{3})(?:-(?P<last>[a-z]{3}))?\s+"
     r"(?P<opens>\d{1,2}:\d{2})-(?P<closes>\d{1,2}:\d{2})$"
 )
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    """The real clock (a FastAPI dependency, so that tests can override it)."""
-    return datetime.now(UTC)
 
 
 class HoursError(ValueError):
@@ -109,7 +115,7 @@ class Schedule:
         return not self.days
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Schedule:
+    def from_settings(cls, settings: HoursSettings) -> Schedule:
         """The schedule the settings describe (cached per distinct configuration)."""
         return _schedule(
             settings.operator_hours,

@@ -19,29 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, parseaddr
+from email.utils import format_datetime
 from typing import Protocol
-from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
 
-from core.config import Settings, UnsafeSettingsError
-from core.db import utcnow
-from core.delivery import AmbiguousDeliveryError, DeliveryFailed, TransientDeliveryError
+from core.clock import utcnow
+from core.config import Settings, mail_address, parse_smtp_url
+from core.messenger import AmbiguousDeliveryError, DeliveryFailed, TransientDeliveryError
 from voice_prompts import Catalogue, Language
-
-# scheme -> (default port, TLS from the start, STARTTLS required)
-SCHEMES = {
-    "smtp": (25, False, False),
-    "smtp+starttls": (587, False, True),
-    "smtps": (465, True, False),
-}
-SMTP_URL_HELP = (
-    "write smtp://host:25, smtp+starttls://user:password@host:587 or smtps://user:password@host:465"
-)
 
 
 class Mailer(Protocol):
@@ -50,49 +38,6 @@ class Mailer(Protocol):
     async def send_email(self, *, to: str, body: str, purpose: str) -> str:
         """Send one e-mail, or raise a DeliveryFailed saying how it failed."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpRelay:
-    """Where and how to reach the relay; the password never shows in a repr."""
-
-    hostname: str
-    port: int
-    use_tls: bool
-    start_tls: bool
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-
-def parse_smtp_url(url: str) -> SmtpRelay:
-    """The relay a GATEWAY_SMTP_URL names; refuses what cannot work (never quoting the URL)."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        raise UnsafeSettingsError(f"GATEWAY_SMTP_URL is not a URL: {SMTP_URL_HELP}.") from None
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        named = f"{scheme}://" if scheme else "no scheme"
-        raise UnsafeSettingsError(f"GATEWAY_SMTP_URL has {named}: {SMTP_URL_HELP}.")
-    if not parts.hostname:
-        raise UnsafeSettingsError(f"GATEWAY_SMTP_URL names no host: {SMTP_URL_HELP}.")
-    default_port, use_tls, start_tls = SCHEMES[scheme]
-    return SmtpRelay(
-        hostname=parts.hostname,
-        port=port or default_port,
-        use_tls=use_tls,
-        start_tls=start_tls,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-    )
-
-
-def mail_address(value: str) -> str:
-    """The bare address of `Name <user@host>` or `user@host`; "" if there is none."""
-    address = parseaddr(value)[1]
-    local, at, domain = address.rpartition("@")
-    return address if at and local and "." in domain else ""
 
 
 def mask_email(address: str) -> str:

@@ -8,7 +8,9 @@ from enum import StrEnum
 from sqlalchemy import Enum, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from core.db import Base, utcnow
+from core.clock import utcnow
+from core.config import OperatorRoute
+from core.db import Base
 
 # A caller ID as Twilio gives it: an E.164 number, but also a `sip:` URI or a `client:` identity.
 # The voice webhooks keep at most this much of `From`, and the columns that store it are as wide.
@@ -30,8 +32,90 @@ class OutboundChannel(StrEnum):
     cabinet = "cabinet"
 
 
-def _enum(enum_type: type[StrEnum], name: str) -> Enum:
-    return Enum(enum_type, name=name, native_enum=False, length=16)
+class OutboxStatus(StrEnum):
+    """Where an outbound message stands: the dispatcher's own states, then the provider's words."""
+
+    # Ours (core/dispatch.py): waiting, leased by a drain, handed to the provider.
+    queued = "queued"
+    claimed = "claimed"
+    sending = "sending"
+    # A held cabinet PUT (core/accounts_http.py): only the settler sees it, never the dispatcher.
+    pending = "pending"
+    expired = "expired"
+    # Never sent: kept so that every path costs the same (§6.2), purged soon.
+    withheld = "withheld"
+    # The provider may or may not have taken it (no answer came): never sent again.
+    unknown = "unknown"
+    # The provider's (Twilio's status callbacks, core/delivery.py PROGRESS).
+    sent = "sent"
+    initiated = "initiated"
+    ringing = "ringing"
+    in_progress = "in-progress"
+    undelivered = "undelivered"
+    failed = "failed"
+    busy = "busy"
+    no_answer = "no-answer"
+    canceled = "canceled"
+    delivered = "delivered"
+    completed = "completed"
+    read = "read"
+
+
+class OutboxPurpose(StrEnum):
+    """What an outbound message is for (its secrets, deadlines and opt-out rules follow from it)."""
+
+    code = "code"  # the one-time code by SMS
+    code_call = "code_call"  # the call that speaks a code
+    password = "password"  # a temporary password
+    login = "login"  # a reminder of the login
+    notice = "notice"  # a completed recovery told to the contacts on file (§6.8)
+    optout_confirmation = "optout_confirmation"  # the answer to STOP
+    cabinet_password = "cabinet_password"  # a held PUT to the cabinet (§11)
+
+
+class EscalationReason(StrEnum):
+    """Why a resident reached an operator (the whisper names each one)."""
+
+    caller_request = "caller_request"
+    retries_exhausted = "retries_exhausted"
+    verification_capped = "verification_capped"
+    limit = "limit"
+    error = "error"
+    # Stored by earlier releases (callback requests before escalations); never given now, still
+    # read back and named by the console.
+    account_retries = "account_retries"
+    code_retries = "code_retries"
+    rate_limited = "rate_limited"
+    limited = "limited"
+    no_phone = "no_phone"
+    no_mobile = "no_mobile"
+    undelivered = "undelivered"
+    out_of_hours = "out_of_hours"
+    no_answer = "no_answer"
+
+
+# The reasons the channels give today; the operator's whisper names each of them.
+GIVEN_REASONS = frozenset(
+    {
+        EscalationReason.caller_request,
+        EscalationReason.retries_exhausted,
+        EscalationReason.verification_capped,
+        EscalationReason.limit,
+        EscalationReason.error,
+    }
+)
+
+
+class Verification(StrEnum):
+    """How far the resident got in proving the phone."""
+
+    none = "none"
+    code_sent = "code_sent"
+    verified = "verified"
+
+
+def _enum(enum_type: type[StrEnum], name: str, length: int = 16) -> Enum:
+    return Enum(enum_type, name=name, native_enum=False, length=length)
 
 
 class Account(Base):
@@ -112,8 +196,10 @@ class OutboxMessage(Base):
     from_number: Mapped[str] = mapped_column(String(32))
     body: Mapped[str] = mapped_column(Text, default="")
     url: Mapped[str | None] = mapped_column(Text)
-    purpose: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    purpose: Mapped[OutboxPurpose] = mapped_column(_enum(OutboxPurpose, "outbox_purpose", 32))
+    status: Mapped[OutboxStatus] = mapped_column(
+        _enum(OutboxStatus, "outbox_status"), default=OutboxStatus.queued
+    )
     error_code: Mapped[str | None] = mapped_column(String(16))
     provider_sid: Mapped[str | None] = mapped_column(String(64), index=True)
     # The recovery attempt a code message belongs to, so a failed delivery can offer a call.
@@ -210,10 +296,15 @@ class Escalation(Base):
     account_ref: Mapped[str | None] = mapped_column(String(64), index=True)
     account_masked: Mapped[str | None] = mapped_column(String(32))
     purpose: Mapped[str | None] = mapped_column(String(16))
-    # none / code_sent / verified: how far the resident got in proving the phone.
-    verification: Mapped[str] = mapped_column(String(16), default="none")
+    verification: Mapped[Verification] = mapped_column(
+        _enum(Verification, "verification"), default=Verification.none
+    )
     attempts: Mapped[int] = mapped_column(default=0)
-    reason: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[EscalationReason] = mapped_column(
+        _enum(EscalationReason, "escalation_reason", 32)
+    )
+    # How a transfer reached the operators (None: a callback request that never was one).
+    route: Mapped[OperatorRoute | None] = mapped_column(_enum(OperatorRoute, "escalation_route"))
     context: Mapped[str] = mapped_column(Text, default="{}")
     status: Mapped[EscalationStatus] = mapped_column(
         _enum(EscalationStatus, "escalation_status"), default=EscalationStatus.waiting, index=True

@@ -22,10 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.accounts import AccountDirectory
 from core.audit import AuditLog
+from core.clock import utcnow
 from core.config import Settings
 from core.crypto import Keyring
-from core.db import utcnow
 from core.delivery import Delivery
+from core.escalations import OPEN_STATUSES
 from core.models import AuditEvent, Escalation, EscalationStatus
 from core.phones import mask_account, mask_phone
 from core.ratelimit import Check, Decision, Limit, RateLimiter
@@ -36,7 +37,6 @@ log = structlog.get_logger(__name__)
 
 # The billing centre's day: "resolved today" and the times shown in the console.
 DESK_TIMEZONE = ZoneInfo("Europe/Moscow")
-OPEN_STATUSES = (EscalationStatus.waiting, EscalationStatus.in_progress)
 HISTORY_LIMIT = 200
 NOTE_MAX_LENGTH = 2000
 AUDIT_CHANNEL = "console"

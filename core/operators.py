@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.audit import AuditLog
+from core.clock import utcnow
 from core.config import Settings
 from core.crypto import Keyring
-from core.db import utcnow
 from core.models import Operator, OperatorRole
 from core.passwords import hash_in_pool, verify_in_pool, verify_nothing_in_pool
 from core.phones import mask_phone

@@ -10,12 +10,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from core.accounts import AccountDirectory, SqlAccountDirectory
 from core.accounts_http import CabinetClient, CabinetSettler, HttpAccountDirectory
 from core.audit import AuditLog
+from core.clock import Clock, utcnow
 from core.config import DirectoryKind, Settings
 from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker
-from core.delivery import Delivery, Messenger, build_messenger
+from core.delivery import Delivery, build_messenger
 from core.dispatch import Dispatcher, RetryPolicy
+from core.escalation_service import CaseService
 from core.mail import build_mailer
+from core.messenger import Messenger
 from core.models import OutboxMessage
 from core.passwords import configure_hashing
 from core.recovery import RecoveryService
@@ -39,6 +42,8 @@ class Services:
     dispatcher: Dispatcher
     # The cabinet's API client (GATEWAY_DIRECTORY=http), else None: the gateway's own tables.
     cabinet: CabinetClient | None = None
+    # The one clock of the webhooks (working hours, the apology); tests set their own here.
+    clock: Clock = utcnow
 
     def __repr__(self) -> str:
         return "Services(...)"
@@ -103,6 +108,10 @@ class Services:
         if self.cabinet is not None:
             await self.cabinet.close()
         await self.engine.dispose()
+
+    def cases(self, session: AsyncSession) -> CaseService:
+        """The operator cases, in one request's transaction."""
+        return CaseService(session, self.keyring)
 
     def recovery(self, session: AsyncSession) -> RecoveryService:
         """The recovery service for one request's transaction."""

@@ -1,9 +1,12 @@
-"""The real Twilio REST client, optionally sent to another base URL (a mock or a relay)."""
+"""Twilio REST: the client (or a mock or relay at another base URL) and the messenger."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -12,9 +15,15 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
+from core.clock import utcnow
 from core.config import Settings
-from core.db import utcnow
-from core.delivery import AmbiguousDeliveryError, DeliveryFailed, TransientDeliveryError
+from core.messenger import (
+    OUTBOX_KEY_PARAM,
+    AmbiguousDeliveryError,
+    DeliveryFailed,
+    TransientDeliveryError,
+    current_outbox_key,
+)
 
 
 # twilio ships no type information, so mypy sees its classes as Any.
@@ -158,3 +167,64 @@ def build_twilio_client(settings: Settings) -> Client:
         settings.twilio_auth_token.get_secret_value(),
         http_client=http_client,
     )
+
+
+class TwilioMessenger:
+    """Sends through the real Twilio REST client, with status callbacks.
+
+    Every failure is classified for the dispatcher (core/dispatch.py): permanent (4xx other than
+    429: DeliveryFailed), certainly not taken (5xx, 429, no connection: TransientDeliveryError),
+    or unknown (the request went out and no answer came: AmbiguousDeliveryError).
+    """
+
+    keeps_messages = False
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client = build_twilio_client(settings)
+        base = settings.public_base_url.rstrip("/")
+        self._sms_status_url = f"{base}/sms/status"
+        self._call_status_url = f"{base}/ivr/status"
+
+    def __repr__(self) -> str:
+        return "TwilioMessenger(<client>)"
+
+    @staticmethod
+    def _callback(url: str) -> str:
+        """The status callback URL, naming the outbox row when the dispatcher sends one."""
+        key = current_outbox_key.get()
+        return f"{url}?{OUTBOX_KEY_PARAM}={key}" if key else url
+
+    async def send_sms(self, *, to: str, body: str, purpose: str) -> str:
+        """Send an SMS from the short number."""
+        message = await self._create(
+            "SMS",
+            self._client.messages.create,
+            to=to,
+            from_=self._settings.sms_number,
+            body=body,
+            status_callback=self._callback(self._sms_status_url),
+        )
+        return str(message.sid)
+
+    async def place_call(self, *, to: str, url: str, purpose: str) -> str:
+        """Place a call from the hotline number."""
+        call = await self._create(
+            "call",
+            self._client.calls.create,
+            to=to,
+            from_=self._settings.hotline_number,
+            url=url,
+            status_callback=self._callback(self._call_status_url),
+        )
+        return str(call.sid)
+
+    async def _create(self, what: str, create: Callable[..., Any], **params: object) -> Any:
+        def in_thread() -> Any:
+            try:
+                return create(**params)
+            except Exception as exc:
+                # Read in the same worker thread: the Retry-After of this very response.
+                raise classify_failure(what, exc, self._client.http_client) from None
+
+        return await asyncio.to_thread(in_thread)

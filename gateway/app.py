@@ -17,8 +17,9 @@ from sqlalchemy import text
 from core.accounts_http import CabinetSettler
 from core.config import Settings
 from core.db import transaction
-from core.delivery import Messenger, purge_expired_secrets
+from core.delivery import purge_expired_secrets
 from core.deps import ServicesDep
+from core.messenger import Messenger
 from core.services import Services
 from gateway.console import install_console
 from gateway.logging import configure_logging

@@ -19,12 +19,13 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from core.config import Settings
 from core.crypto import Keyring
-from core.db import create_engine, create_sessionmaker, transaction
+from core.db import create_engine, create_sessionmaker
 from core.delivery import list_outbox, purge_expired_secrets, readable_body
 from core.migrate import upgrade_database
 from gateway.cli_accounts import accounts_app
 from gateway.cli_audit import audit_app
 from gateway.cli_operators import operators_app
+from gateway.cli_session import cli_session
 from gateway.simulator import OutboxItem, PhoneSimulator, RichConsoleIO
 from ivr.screens import Screens
 from ivr.twiml import Renderer
@@ -132,13 +133,10 @@ def outbox(
 
     async def rows() -> list[dict[str, str | int | None]]:
         settings = Settings()
-        await upgrade_database(settings.database_url)
-        engine = create_engine(settings.database_url)
         keyring = Keyring(settings)
-        async with transaction(create_sessionmaker(engine)) as session:
+        async with cli_session(settings) as session:
             await purge_expired_secrets(session, settings)
             found = await list_outbox(session)
-        await engine.dispose()
         return [
             {
                 "id": row.id,
@@ -251,11 +249,8 @@ async def _demo(settings: Settings, phone: str, port: int, cabinet_port: int, sp
     from core.accounts_import import import_accounts_csv
     from gateway.app import create_app
 
-    await upgrade_database(settings.database_url)
-    engine = create_engine(settings.database_url)
-    async with transaction(create_sessionmaker(engine)) as session:
+    async with cli_session(settings) as session:
         await import_accounts_csv(session, DEMO_ACCOUNTS, settings)
-    await engine.dispose()
     # The reference cabinet holds the same demo accounts, each with a password nobody knows:
     # a recovery is the way in.
     store = Store(DEMO_CABINET_DB)

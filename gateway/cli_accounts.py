@@ -10,30 +10,17 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.accounts import PasswordCheck, SqlAccountDirectory
 from core.accounts_import import ImportFailed, ImportReport, import_accounts_csv
 from core.config import Settings
-from core.db import create_engine, create_sessionmaker, transaction
 from core.passwords import configure_hashing
+from gateway.cli_session import cli_session
 
 accounts_app = typer.Typer(
     help="The accounts directory: import the billing centre's CSV, check a password.",
     no_args_is_help=True,
 )
-
-
-async def upgrade_schema(url: str) -> None:
-    """Bring the database schema to the newest migration."""
-    from core.migrate import upgrade_database
-
-    await upgrade_database(url)
-
-
-async def _open(settings: Settings) -> AsyncEngine:
-    await upgrade_schema(settings.database_url)
-    return create_engine(settings.database_url)
 
 
 @accounts_app.command("import")
@@ -63,24 +50,20 @@ def import_command(
 
 
 async def _import(file: Path, settings: Settings) -> ImportReport:
-    engine = await _open(settings)
-    try:
-        # The bar goes to stderr so that stdout carries only the report.
-        with Progress(
-            TextColumn("Importing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        ) as bar:
-            task = bar.add_task("import", total=await asyncio.to_thread(_count_rows, file))
-            async with transaction(create_sessionmaker(engine)) as session:
-                return await import_accounts_csv(
-                    session, file, settings, progress=lambda rows: bar.advance(task, rows)
-                )
-    finally:
-        await engine.dispose()
+    # The bar goes to stderr so that stdout carries only the report.
+    with Progress(
+        TextColumn("Importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("import", total=await asyncio.to_thread(_count_rows, file))
+        async with cli_session(settings) as session:
+            return await import_accounts_csv(
+                session, file, settings, progress=lambda rows: bar.advance(task, rows)
+            )
 
 
 def _count_rows(file: Path) -> int | None:
@@ -116,9 +99,5 @@ def check_password_command(
 
 async def _check(account: str, password: str, settings: Settings) -> PasswordCheck:
     configure_hashing(settings)
-    engine = await _open(settings)
-    try:
-        async with transaction(create_sessionmaker(engine)) as session:
-            return await SqlAccountDirectory(session, settings).verify_password(account, password)
-    finally:
-        await engine.dispose()
+    async with cli_session(settings) as session:
+        return await SqlAccountDirectory(session, settings).verify_password(account, password)

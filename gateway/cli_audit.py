@@ -16,10 +16,9 @@ from rich.table import Table
 from core.audit import ChainReport, case_history, verify_chain
 from core.config import Settings
 from core.crypto import Keyring
-from core.db import create_engine, create_sessionmaker, transaction
-from core.migrate import upgrade_database
 from core.models import AuditEvent
 from core.phones import mask_account
+from gateway.cli_session import cli_session
 
 audit_app = typer.Typer(
     help="The audit trail: check that nobody edited it, show one account's recovery history.",
@@ -50,13 +49,8 @@ def verify_command() -> None:
 
 
 async def _verify(settings: Settings) -> ChainReport:
-    await upgrade_database(settings.database_url)
-    engine = create_engine(settings.database_url)
-    try:
-        async with transaction(create_sessionmaker(engine)) as session:
-            return await verify_chain(session, Keyring(settings))
-    finally:
-        await engine.dispose()
+    async with cli_session(settings) as session:
+        return await verify_chain(session, Keyring(settings))
 
 
 @audit_app.command("show")
@@ -87,13 +81,8 @@ def show_command(
 
 
 async def _history(settings: Settings, account: str) -> list[AuditEvent]:
-    await upgrade_database(settings.database_url)
-    engine = create_engine(settings.database_url)
-    try:
-        async with transaction(create_sessionmaker(engine)) as session:
-            return await case_history(session, Keyring(settings), account)
-    finally:
-        await engine.dispose()
+    async with cli_session(settings) as session:
+        return await case_history(session, Keyring(settings), account)
 
 
 def _detail_text(detail: str) -> str:

@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from core.config import Settings
-from core.db import create_engine, create_sessionmaker, transaction
 from core.models import OperatorRole
 from core.operators import (
     MAX_DESK_PIN,
@@ -21,7 +20,7 @@ from core.operators import (
     OperatorRepository,
 )
 from core.passwords import configure_hashing
-from gateway.cli_accounts import upgrade_schema
+from gateway.cli_session import cli_session
 
 operators_app = typer.Typer(
     help="Operator accounts (console and desk phone): add, set-pin, list, disable.",
@@ -38,28 +37,18 @@ async def _add(
     pin: str | None = None,
 ) -> OperatorInfo:
     configure_hashing(settings)
-    await upgrade_schema(settings.database_url)
-    engine = create_engine(settings.database_url)
-    try:
-        async with transaction(create_sessionmaker(engine)) as session:
-            operators = OperatorRepository(session)
-            added = await operators.add(username, password, display_name=name, role=role)
-            if pin is not None:
-                return await operators.set_desk_pin(added.username, pin) or added
-            return added
-    finally:
-        await engine.dispose()
+    async with cli_session(settings) as session:
+        operators = OperatorRepository(session)
+        added = await operators.add(username, password, display_name=name, role=role)
+        if pin is not None:
+            return await operators.set_desk_pin(added.username, pin) or added
+        return added
 
 
 async def _set_pin(settings: Settings, username: str, pin: str) -> OperatorInfo | None:
     configure_hashing(settings)
-    await upgrade_schema(settings.database_url)
-    engine = create_engine(settings.database_url)
-    try:
-        async with transaction(create_sessionmaker(engine)) as session:
-            return await OperatorRepository(session).set_desk_pin(username, pin)
-    finally:
-        await engine.dispose()
+    async with cli_session(settings) as session:
+        return await OperatorRepository(session).set_desk_pin(username, pin)
 
 
 def _read_pin(from_stdin: bool) -> str:
@@ -79,23 +68,13 @@ def _desk_hint(operator: OperatorInfo) -> str:
 
 
 async def _list(settings: Settings) -> list[OperatorInfo]:
-    await upgrade_schema(settings.database_url)
-    engine = create_engine(settings.database_url)
-    try:
-        async with transaction(create_sessionmaker(engine)) as session:
-            return await OperatorRepository(session).list()
-    finally:
-        await engine.dispose()
+    async with cli_session(settings) as session:
+        return await OperatorRepository(session).list()
 
 
 async def _disable(settings: Settings, username: str) -> bool:
-    await upgrade_schema(settings.database_url)
-    engine = create_engine(settings.database_url)
-    try:
-        async with transaction(create_sessionmaker(engine)) as session:
-            return await OperatorRepository(session).disable(username)
-    finally:
-        await engine.dispose()
+    async with cli_session(settings) as session:
+        return await OperatorRepository(session).disable(username)
 
 
 @operators_app.command("add")

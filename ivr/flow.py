@@ -7,12 +7,15 @@ from urllib.parse import urlencode
 
 import structlog
 
+from core.clock import Clock, utcnow
+from core.codes import well_formed_code
 from core.config import Settings
 from core.crypto import Keyring
-from core.escalations import Escalations
-from core.hours import Clock, Schedule, utc_now
-from core.metrics import ESCALATIONS, TRANSFER_OUTCOMES
-from core.models import EscalationKind
+from core.escalation_service import CaseService, Resident
+from core.hours import Schedule
+from core.metrics import ESCALATIONS
+from core.models import EscalationReason as Reason
+from core.models import Verification
 from core.recovery import (
     Attempt,
     Channel,
@@ -23,7 +26,7 @@ from core.recovery import (
     VerifyOutcome,
 )
 from ivr.menu import MENU, Action, Entry, State
-from ivr.session import CallSession, Verification
+from ivr.session import CallSession
 from ivr.speech import speech_to_digits
 from voice_prompts import Catalogue, Language
 
@@ -56,14 +59,14 @@ class VoiceFlow:
         recovery: RecoveryService,
         keyring: Keyring,
         prompts: Catalogue,
-        escalations: Escalations,
-        clock: Clock = utc_now,
+        cases: CaseService,
+        clock: Clock = utcnow,
     ) -> None:
         self._settings = settings
         self._recovery = recovery
         self._keyring = keyring
         self._prompts = prompts
-        self._escalations = escalations
+        self._cases = cases
         self._clock = clock
         self._schedule = Schedule.from_settings(settings)
         self._base = settings.public_base_url.rstrip("/")
@@ -93,7 +96,7 @@ class VoiceFlow:
             await self._act(call, spec.keys[keys])
             return
         if given.speech and any(word in given.speech.lower() for word in OPERATOR_WORDS):
-            await self._to_operator(call, "caller_request")
+            await self._to_operator(call, Reason.caller_request)
             return
         if spec.entry is Entry.account_number:
             await self._account_entered(call, keys or self._spoken_digits(call, given))
@@ -111,7 +114,9 @@ class VoiceFlow:
         if call.tries >= self._settings.menu_max_tries:
             exhausted = MENU[call.state].exhausted
             if exhausted is State.operator:
-                await self._to_operator(call, "retries_exhausted", notice="voice.too_many_tries")
+                await self._to_operator(
+                    call, Reason.retries_exhausted, notice="voice.too_many_tries"
+                )
             else:
                 self._go(call, exhausted)
             return
@@ -122,7 +127,9 @@ class VoiceFlow:
         call.tries = 0
         call.notices = list(notices)
 
-    async def _to_operator(self, call: CallSession, reason: str, notice: str | None = None) -> None:
+    async def _to_operator(
+        self, call: CallSession, reason: Reason, notice: str | None = None
+    ) -> None:
         """A transfer, stored as a case for the operator; outside working hours, the offer."""
         call.reason = reason
         came_from = call.state
@@ -145,70 +152,56 @@ class VoiceFlow:
             "language": call.language.value,
             "wrong_codes": call.wrong_codes,
             "failed_inputs": call.failures,
-            "route": self._settings.operator_route.value,
         }
 
-    async def _record_transfer(self, call: CallSession, came_from: State) -> None:
-        """One case per call: a second transfer in the same call reopens the first."""
-        reason = call.reason or "caller_request"
-        existing = await self._escalations.get(call.escalation_id) if call.escalation_id else None
-        context = self._case_context(call, came_from)
-        if existing is not None:
-            await self._escalations.retransfer(
-                existing, reason=reason, attempts=call.failures, **context
-            )
-            return
-        escalation = await self._escalations.open(
-            kind=EscalationKind.transfer,
+    @staticmethod
+    def _resident(call: CallSession) -> Resident:
+        return Resident(
             channel="voice",
             session_ref=call.call_sid,
             phone=call.caller,
-            reason=reason,
             account_number=call.account,
             purpose=call.purpose,
-            verification=call.verification.value,
+            verification=call.verification,
             attempts=call.failures,
-            transfers=1,
-            **context,
+        )
+
+    async def _record_transfer(self, call: CallSession, came_from: State) -> None:
+        """One case per call: a second transfer in the same call reopens the first."""
+        escalation = await self._cases.transfer(
+            self._resident(call),
+            call.reason or Reason.caller_request,
+            route=self._settings.operator_route,
+            case_id=call.escalation_id,
+            **self._case_context(call, came_from),
         )
         call.escalation_id = escalation.id
 
     async def _leave_callback(self, call: CallSession) -> None:
         """The caller asked to be called back (after hours, or when nobody answered)."""
-        existing = await self._escalations.get(call.escalation_id) if call.escalation_id else None
         after_hours = call.state is State.after_hours
-        if existing is not None:
-            route = self._settings.operator_route.value
-            TRANSFER_OUTCOMES.labels(route=route, outcome="callback").inc()
-            await self._escalations.to_callback(existing, after_hours=after_hours)
-        else:
-            escalation = await self._escalations.open(
-                kind=EscalationKind.callback,
-                channel="voice",
-                session_ref=call.call_sid,
-                phone=call.caller,
-                reason=call.reason or "caller_request",
-                account_number=call.account,
-                purpose=call.purpose,
-                verification=call.verification.value,
-                attempts=call.failures,
-                after_hours=after_hours,
-                **self._case_context(call, call.state),
-            )
-            call.escalation_id = escalation.id
+        escalation = await self._cases.callback(
+            self._resident(call),
+            call.reason or Reason.caller_request,
+            route=self._settings.operator_route,
+            case_id=call.escalation_id,
+            history=self._case_context(call, call.state),
+            after_hours=after_hours,
+        )
+        call.escalation_id = escalation.id
         log.info("ivr.callback_requested", call=call.call_sid, after_hours=after_hours)
         self._go(call, State.callback_done)
 
     async def _limit_reached(self, call: CallSession) -> None:
         """A rate limit held the code back (§6.4): an apology and the operator, not an error."""
-        await self._to_operator(call, "limit", notice="voice.limit_reached")
+        await self._to_operator(call, Reason.limit, notice="voice.limit_reached")
 
     async def _act(self, call: CallSession, action: Action) -> None:
         match action:
             case Action.repeat:
                 pass
             case Action.operator:
-                await self._to_operator(call, "caller_request")
+                await self._to_operator(call, Reason.caller_request)
             case Action.english:
                 call.language = Language.en
                 self._go(call, State.main_menu)
@@ -264,7 +257,7 @@ class VoiceFlow:
     async def _attempt(self, call: CallSession) -> Attempt | None:
         attempt = await self._recovery.load(call.attempt_id) if call.attempt_id else None
         if attempt is None:
-            await self._to_operator(call, "error", notice="voice.error_apology")
+            await self._to_operator(call, Reason.error, notice="voice.error_apology")
         return attempt
 
     async def _send_sms_code(self, call: CallSession, *, resend: bool) -> None:
@@ -290,7 +283,9 @@ class VoiceFlow:
         if sent.outcome in (SendOutcome.limited, SendOutcome.unavailable):
             await self._limit_reached(call)
         elif sent.outcome is SendOutcome.capped:
-            await self._to_operator(call, "verification_capped", notice="voice.verification_capped")
+            await self._to_operator(
+                call, Reason.verification_capped, notice="voice.verification_capped"
+            )
         else:
             return False
         return True
@@ -319,7 +314,7 @@ class VoiceFlow:
         self._go(call, State.verify_code)
 
     async def _code_entered(self, call: CallSession, digits: str) -> None:
-        if len(digits) != 6 or not digits.isdigit():
+        if not well_formed_code(digits):
             await self._retry(call, "voice.code_malformed")
             return
         attempt = await self._attempt(call)
@@ -331,7 +326,7 @@ class VoiceFlow:
             # Read out in this call: the call in which the code was accepted (§6.13).
             completion = await self._recovery.complete(attempt, call.call_sid, spoken=True)
             if completion is None:
-                await self._to_operator(call, "error", notice="voice.error_apology")
+                await self._to_operator(call, Reason.error, notice="voice.error_apology")
                 return
             call.verification = Verification.verified
             call.sealed = self._keyring.seal(completion.secret)
@@ -339,7 +334,9 @@ class VoiceFlow:
             self._go(call, State.secret_ready)
         elif outcome is VerifyOutcome.capped:
             call.wait_seconds = verified.wait_seconds
-            await self._to_operator(call, "verification_capped", notice="voice.verification_capped")
+            await self._to_operator(
+                call, Reason.verification_capped, notice="voice.verification_capped"
+            )
         elif outcome is VerifyOutcome.invalidated:
             if call.outbound:
                 self._go(call, State.goodbye, "voice.verify_expired")
@@ -365,3 +362,12 @@ class VoiceFlow:
             attempt_id=attempt.id,
             outbound=True,
         )
+
+
+def offer_callback(call: CallSession) -> bool:
+    """Nobody took the transfer: the call moves on to the callback offer, once (True if it did)."""
+    if call.state is not State.operator:
+        return False
+    call.state, call.tries, call.notices = State.callback_offer, 0, []
+    call.step += 1
+    return True

@@ -5,15 +5,16 @@ from __future__ import annotations
 import math
 from urllib.parse import urlencode
 
+from core.codes import CODE_DIGITS
 from core.config import OperatorRoute, Settings
 from core.crypto import Keyring
 from core.hours import Schedule
-from core.models import Escalation
+from core.models import GIVEN_REASONS, Escalation, EscalationReason, Verification
 from core.operators import MAX_DESK_NUMBER_DIGITS, MAX_DESK_PIN
 from core.phones import mask_account
 from core.recovery import Purpose
 from ivr.menu import MENU, Entry, Final, State
-from ivr.session import CallSession, Verification
+from ivr.session import CallSession
 from ivr.twiml import (
     DialSpec,
     Ending,
@@ -28,9 +29,6 @@ from ivr.twiml import (
 from voice_prompts import Catalogue, Language
 
 PASSWORD_GROUP = 4
-ESCALATION_REASONS = frozenset(
-    {"caller_request", "retries_exhausted", "verification_capped", "limit", "error"}
-)
 
 
 class Screens:
@@ -58,7 +56,7 @@ class Screens:
                 ],
                 ending=Ending.hangup,
             )
-        call = CallSession(call_sid=call_sid, state=State.operator, reason="error")
+        call = CallSession(call_sid=call_sid, state=State.operator, reason=EscalationReason.error)
         call.notices = ["voice.error_apology"]
         return self.screen(call)
 
@@ -105,7 +103,7 @@ class Screens:
             # Keys end with `#`, or on their own once the longest account number is keyed (§3).
             num_digits={
                 None: 1,
-                Entry.code: 6,
+                Entry.code: CODE_DIGITS,
                 Entry.account_number: self._settings.account_number_max_length,
             }[spec.entry],
             finish_on_key="" if spec.entry is Entry.code else "#",
@@ -304,7 +302,7 @@ class Screens:
             Verification.verified.value: "whisper.verified",
             Verification.code_sent.value: "whisper.code_sent",
         }.get(verification, "whisper.not_verified")
-        reason = reason if reason in ESCALATION_REASONS else "error"
+        reason = reason if reason in GIVEN_REASONS else "error"
         return self._prompts.text(
             "whisper.summary",
             lang,
@@ -320,7 +318,7 @@ class Screens:
         know why the call was transferred (or may be unreachable).
         """
         lang = Language.ru
-        reason = reason if reason in ESCALATION_REASONS else None
+        reason = reason if reason in GIVEN_REASONS else None
         reason = (
             reason or (call.reason if call else None) or ("caller_request" if call else "error")
         )

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
-from enum import StrEnum
 
 from redis.asyncio import Redis
 
+from core.models import EscalationReason, Verification
 from core.phones import mask_account
 from ivr.menu import State
 from voice_prompts import DEFAULT_LANGUAGE, Language
-
-
-class Verification(StrEnum):
-    none = "none"
-    code_sent = "code_sent"
-    verified = "verified"
 
 
 @dataclass
@@ -34,7 +28,7 @@ class CallSession:
     tries: int = 0
     notices: list[str] = field(default_factory=list)
     verification: Verification = Verification.none
-    reason: str | None = None
+    reason: EscalationReason | None = None
     # A code or credential to say again on `*`, sealed with the server key; gone with the call.
     sealed: str | None = None
     # Whether the secret also went by SMS (the read-out says so).
@@ -70,6 +64,8 @@ class CallSession:
         data["state"] = State(data.get("state", State.main_menu))
         data["language"] = Language(data.get("language", DEFAULT_LANGUAGE))
         data["verification"] = Verification(data.get("verification", Verification.none))
+        if data.get("reason") is not None:
+            data["reason"] = EscalationReason(data["reason"])
         return cls(call_sid=call_sid, **data)
 
 

@@ -27,9 +27,10 @@ from sqlalchemy import func, select, update
 from twilio.request_validator import RequestValidator
 
 from core.accounts_import import import_accounts_csv
+from core.clock import utcnow
 from core.config import DEV_AUTH_TOKEN, Settings
 from core.crypto import Keyring
-from core.db import create_engine, create_sessionmaker, transaction, utcnow
+from core.db import create_engine, create_sessionmaker, transaction
 from core.escalations import Escalations
 from core.migrate import upgrade_database
 from core.models import Escalation, EscalationKind, EscalationStatus, OperatorRole

@@ -7,11 +7,14 @@ from urllib.parse import urlencode
 
 import structlog
 
+from core.clock import Clock, utcnow
+from core.codes import well_formed_code
 from core.config import Settings
-from core.escalations import Escalations
-from core.hours import Clock, Schedule, utc_now
+from core.escalation_service import CaseService, Resident
+from core.hours import Schedule
 from core.metrics import ESCALATIONS
-from core.models import EscalationKind
+from core.models import EscalationReason as Reason
+from core.models import Verification
 from core.optout import OptOuts
 from core.phones import mask_phone
 from core.recovery import Channel, Purpose, RecoveryService, SendOutcome, Sent, VerifyOutcome
@@ -45,15 +48,15 @@ class SmsDialog:
         settings: Settings,
         recovery: RecoveryService,
         opt_outs: OptOuts,
-        escalations: Escalations,
+        cases: CaseService,
         threads: SmsThreads,
         replies: ReplyGate,
-        clock: Clock = utc_now,
+        clock: Clock = utcnow,
     ) -> None:
         self._settings = settings
         self._recovery = recovery
         self._opt_outs = opt_outs
-        self._escalations = escalations
+        self._cases = cases
         self._threads = threads
         self._replies = replies
         self._clock = clock
@@ -150,7 +153,7 @@ class SmsDialog:
 
     def _after_send(self, thread: SmsThread, sent: Sent, sent_key: str) -> Reply:
         if sent.outcome is SendOutcome.capped:
-            ESCALATIONS.labels(channel="sms", reason="verification_capped").inc()
+            ESCALATIONS.labels(channel="sms", reason=Reason.verification_capped).inc()
             return self._reply("sms.reply_capped", thread, sent.wait_seconds)
         if sent.outcome is SendOutcome.limited:
             # A rate limit (§6.4): an apology and the way to the operator, not an error.
@@ -171,7 +174,7 @@ class SmsDialog:
         attempt = await self._recovery.load(thread.attempt_id) if thread.attempt_id else None
         if attempt is None:
             return self._reply("sms.reply_no_request", thread)
-        if len(code) != 6 or not code.isdigit():
+        if not well_formed_code(code):
             return self._reply("sms.reply_code_malformed", thread)
         verified = await self._recovery.verify(attempt, code, message_sid, by_sms=True)
         outcome = verified.outcome
@@ -190,7 +193,7 @@ class SmsDialog:
             # The password (or login) SMS is the answer; no second message.
             return None
         if outcome is VerifyOutcome.capped:
-            ESCALATIONS.labels(channel="sms", reason="verification_capped").inc()
+            ESCALATIONS.labels(channel="sms", reason=Reason.verification_capped).inc()
             return self._reply("sms.reply_capped", thread, verified.wait_seconds)
         if outcome is VerifyOutcome.invalidated:
             await self._threads.clear(thread.sender)
@@ -209,23 +212,27 @@ class SmsDialog:
     async def _operator(self, thread: SmsThread, message_sid: str) -> Reply:
         """A callback request; outside working hours the reply also gives the hours."""
         desk_open = self._schedule.is_open(self._clock())
-        waiting = await self._escalations.find_waiting_callback(thread.sender, "sms")
-        if waiting is None:
+
+        async def resident() -> Resident:
             attempt = await self._recovery.load(thread.attempt_id) if thread.attempt_id else None
-            await self._escalations.open(
-                kind=EscalationKind.callback,
+            return Resident(
                 channel="sms",
                 session_ref=message_sid,
                 phone=thread.sender,
-                reason="caller_request",
                 account_number=attempt.account_number if attempt else None,
                 purpose=thread.purpose,
-                verification="code_sent" if attempt is not None else "none",
-                language=thread.language.value,
-                after_hours=not desk_open,
+                verification=Verification.code_sent if attempt else Verification.none,
             )
-            ESCALATIONS.labels(channel="sms", reason="caller_request").inc()
-        log.info("sms.callback_requested", repeated=waiting is not None, desk_open=desk_open)
+
+        opened = await self._cases.callback_by_sms(
+            thread.sender,
+            resident,
+            language=thread.language.value,
+            after_hours=not desk_open,
+        )
+        if opened is not None:
+            ESCALATIONS.labels(channel="sms", reason=Reason.caller_request).inc()
+        log.info("sms.callback_requested", repeated=opened is None, desk_open=desk_open)
         if desk_open:
             return self._reply("sms.reply_callback", thread)
         reply = self._reply("sms.reply_callback_closed", thread)

@@ -28,7 +28,10 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, Literal
+from typing import Final
+
+from core.codes import well_formed_code
+from voice_prompts import Language
 
 __all__ = [
     "MAX_ACCOUNT_CHARS",
@@ -43,9 +46,6 @@ __all__ = [
 # Ten concatenated SMS segments; anything longer is not a command.
 MAX_BODY_CHARS: Final = 1600
 MAX_ACCOUNT_CHARS: Final = 32
-CODE_LENGTH: Final = 6
-
-Language = Literal["ru", "en"]
 
 
 class Keyword(StrEnum):
@@ -70,7 +70,7 @@ class Command:
     keyword: Keyword
     # The argument can be a one-time code, so it stays out of the repr.
     argument: str = field(default="", repr=False)
-    language: Language = "ru"
+    language: Language = Language.ru
 
 
 # Every spelling a keyword is recognised by, with the language it signals.
@@ -78,56 +78,56 @@ class Command:
 # "start", "operator") count as English: the reply can then be read by anyone.
 _VOCABULARY: Final[dict[str, tuple[Keyword, Language]]] = {
     # Russian
-    "восстановить": (Keyword.restore, "ru"),
-    "восстановление": (Keyword.restore, "ru"),
-    "логин": (Keyword.login, "ru"),
-    "код": (Keyword.code, "ru"),
-    "звонок": (Keyword.call, "ru"),
-    "позвоните": (Keyword.call, "ru"),
-    "позвонить": (Keyword.call, "ru"),
-    "помощь": (Keyword.help, "ru"),
-    "справка": (Keyword.help, "ru"),
-    "стоп": (Keyword.stop, "ru"),
-    "отписаться": (Keyword.stop, "ru"),
-    "отписка": (Keyword.stop, "ru"),
-    "старт": (Keyword.start, "ru"),
-    "подписаться": (Keyword.start, "ru"),
-    "оператор": (Keyword.operator, "ru"),
-    "человек": (Keyword.operator, "ru"),
-    "перезвоните": (Keyword.operator, "ru"),
-    "отмена": (Keyword.cancel, "ru"),
-    "отменить": (Keyword.cancel, "ru"),
+    "восстановить": (Keyword.restore, Language.ru),
+    "восстановление": (Keyword.restore, Language.ru),
+    "логин": (Keyword.login, Language.ru),
+    "код": (Keyword.code, Language.ru),
+    "звонок": (Keyword.call, Language.ru),
+    "позвоните": (Keyword.call, Language.ru),
+    "позвонить": (Keyword.call, Language.ru),
+    "помощь": (Keyword.help, Language.ru),
+    "справка": (Keyword.help, Language.ru),
+    "стоп": (Keyword.stop, Language.ru),
+    "отписаться": (Keyword.stop, Language.ru),
+    "отписка": (Keyword.stop, Language.ru),
+    "старт": (Keyword.start, Language.ru),
+    "подписаться": (Keyword.start, Language.ru),
+    "оператор": (Keyword.operator, Language.ru),
+    "человек": (Keyword.operator, Language.ru),
+    "перезвоните": (Keyword.operator, Language.ru),
+    "отмена": (Keyword.cancel, Language.ru),
+    "отменить": (Keyword.cancel, Language.ru),
     # Russian in Latin letters
-    "vosstanovit": (Keyword.restore, "ru"),
-    "kod": (Keyword.code, "ru"),
-    "zvonok": (Keyword.call, "ru"),
-    "pozvonite": (Keyword.call, "ru"),
-    "pomosch": (Keyword.help, "ru"),
-    "pomosh": (Keyword.help, "ru"),
-    "pomoshch": (Keyword.help, "ru"),
-    "spravka": (Keyword.help, "ru"),
-    "otpisatsya": (Keyword.stop, "ru"),
-    "otpiska": (Keyword.stop, "ru"),
-    "podpisatsya": (Keyword.start, "ru"),
-    "chelovek": (Keyword.operator, "ru"),
-    "perezvonite": (Keyword.operator, "ru"),
-    "otmena": (Keyword.cancel, "ru"),
+    "vosstanovit": (Keyword.restore, Language.ru),
+    "kod": (Keyword.code, Language.ru),
+    "zvonok": (Keyword.call, Language.ru),
+    "pozvonite": (Keyword.call, Language.ru),
+    "pomosch": (Keyword.help, Language.ru),
+    "pomosh": (Keyword.help, Language.ru),
+    "pomoshch": (Keyword.help, Language.ru),
+    "spravka": (Keyword.help, Language.ru),
+    "otpisatsya": (Keyword.stop, Language.ru),
+    "otpiska": (Keyword.stop, Language.ru),
+    "podpisatsya": (Keyword.start, Language.ru),
+    "chelovek": (Keyword.operator, Language.ru),
+    "perezvonite": (Keyword.operator, Language.ru),
+    "otmena": (Keyword.cancel, Language.ru),
     # English
-    "restore": (Keyword.restore, "en"),
-    "login": (Keyword.login, "en"),
-    "code": (Keyword.code, "en"),
-    "call": (Keyword.call, "en"),
-    "help": (Keyword.help, "en"),
-    "info": (Keyword.help, "en"),
-    "stop": (Keyword.stop, "en"),
-    "stopall": (Keyword.stop, "en"),
-    "unsubscribe": (Keyword.stop, "en"),
-    "end": (Keyword.stop, "en"),
-    "quit": (Keyword.stop, "en"),
-    "start": (Keyword.start, "en"),
-    "unstop": (Keyword.start, "en"),
-    "operator": (Keyword.operator, "en"),
-    "cancel": (Keyword.cancel, "en"),
+    "restore": (Keyword.restore, Language.en),
+    "login": (Keyword.login, Language.en),
+    "code": (Keyword.code, Language.en),
+    "call": (Keyword.call, Language.en),
+    "help": (Keyword.help, Language.en),
+    "info": (Keyword.help, Language.en),
+    "stop": (Keyword.stop, Language.en),
+    "stopall": (Keyword.stop, Language.en),
+    "unsubscribe": (Keyword.stop, Language.en),
+    "end": (Keyword.stop, Language.en),
+    "quit": (Keyword.stop, Language.en),
+    "start": (Keyword.start, Language.en),
+    "unstop": (Keyword.start, Language.en),
+    "operator": (Keyword.operator, Language.en),
+    "cancel": (Keyword.cancel, Language.en),
 }
 
 # Real words within typo reach of a keyword that mean something else.
@@ -279,7 +279,7 @@ def _match_keyword(word: str) -> tuple[Keyword, Language] | None:
 def _argument(keyword: Keyword, rest: str) -> str:
     account = _account(rest)
     if keyword is Keyword.code:
-        return account if len(account) == CODE_LENGTH and account.isdigit() else ""
+        return account if well_formed_code(account) else ""
     return account
 
 
@@ -322,12 +322,12 @@ def _bare_number(text: str) -> Command:
     if _LETTER_RE.search(text) is None:
         alnum = _ALNUM_RE.findall(text)
         digits = "".join(alnum)
-        if len(digits) == CODE_LENGTH and all(c in "0123456789" for c in digits):
-            return Command(Keyword.code, digits, "ru")
+        if well_formed_code(digits) and digits.isascii():
+            return Command(Keyword.code, digits, Language.ru)
     return Command(Keyword.unknown, language=_script_language(text))
 
 
 def _script_language(text: str) -> Language:
     if _CYRILLIC_RE.search(text) or not _LATIN_RE.search(text):
-        return "ru"
-    return "en"
+        return Language.ru
+    return Language.en

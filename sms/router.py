@@ -10,8 +10,8 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from core.delivery import FAILED_STATUSES, record_status
 from core.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequest
-from core.escalations import Escalations
 from core.hours import Schedule
+from core.models import OutboxPurpose
 from core.optout import OptOuts
 from core.phones import InvalidPhoneNumber, mask_phone, outbound_allowed, parse_phone
 from core.ratelimit import RateLimiter
@@ -67,7 +67,7 @@ async def _dialog(services: ServicesDep, db: DbSession, now: Now) -> SmsDialog:
         settings=services.settings,
         recovery=services.recovery(db),
         opt_outs=OptOuts(db),
-        escalations=Escalations(db, services.keyring),
+        cases=services.cases(db),
         threads=await _threads(services),
         replies=ReplyGate(
             services.settings, RateLimiter(services.redis, services.settings, services.keyring)
@@ -145,7 +145,7 @@ async def sms_status(
     state = form.get("MessageStatus") or form.get("SmsStatus")
     row = await record_status(db, sid, state, form.get("ErrorCode") or None, outbox_key=outbox)
     # The row's status, not the callback's: a late failure report after "delivered" is stale.
-    if row is not None and row.status in FAILED_STATUSES and row.purpose == "code":
+    if row is not None and row.status in FAILED_STATUSES and row.purpose is OutboxPurpose.code:
         if row.attempt_ref:
             await services.recovery(db).mark_undelivered(row.attempt_ref, row.error_code)
         log.warning("sms.code_undelivered", error=form.get("ErrorCode")[:8])

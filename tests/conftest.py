@@ -8,7 +8,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httpx
 import pytest
@@ -24,12 +24,18 @@ from core.migrate import upgrade_database
 from core.passwords import use_fast_hashing_for_tests
 from gateway.app import create_app
 from tests.fakes import RecordingMessenger
-
-if TYPE_CHECKING:
-    from tests.cabinet_server import Cabinet
 from tests.twilio_driver import Call, Twilio
 
 pytest_plugins = ["tests.servers", "tests.smtp_server", "tests.cabinet_server"]
+
+
+class CabinetSignIn(Protocol):
+    """The reference cabinet's sign-in page (tests/cabinet_server.py imports this module)."""
+
+    async def sign_in(self, account: str, password: str) -> str:
+        """Where a sign-in leads ("" refused)."""
+        ...
+
 
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC_BASE_URL = "https://hotline.eirc.example"
@@ -107,7 +113,7 @@ class Gateway:
     messenger: RecordingMessenger
     settings: Settings
     # The reference cabinet, when it is the accounts directory (tests/cabinet_server.py).
-    cabinet: Cabinet | None = None
+    cabinet: CabinetSignIn | None = None
 
     async def password_check(self, account: str, password: str) -> tuple[bool, bool]:
         """Whether the directory accepts a password: (accepted, change required)."""

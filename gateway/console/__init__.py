@@ -9,13 +9,8 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.console.router import (
-    LOGIN_PATH,
-    ConsoleForbidden,
-    SignInRequired,
-    router,
-    templates,
-)
+from gateway.console.deps import LOGIN_PATH, ConsoleForbidden, SignInRequired, templates
+from gateway.console.router import router
 
 # No inline script or style anywhere in the console: the policy can forbid both.
 CONTENT_SECURITY_POLICY = (

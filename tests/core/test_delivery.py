@@ -10,8 +10,8 @@ import requests
 from twilio.base.exceptions import TwilioRestException
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
-from core.db import utcnow
-from core.delivery import AmbiguousDeliveryError, DeliveryFailed, TransientDeliveryError
+from core.clock import utcnow
+from core.messenger import AmbiguousDeliveryError, DeliveryFailed, TransientDeliveryError
 from core.twilio_rest import GatewayHttpClient, classify_failure, parse_retry_after
 
 NUMBER = "+79123456789"

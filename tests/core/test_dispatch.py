@@ -21,15 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from core.config import Settings
 from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker, transaction
-from core.delivery import (
+from core.delivery import Delivery, record_status
+from core.dispatch import MAX_DRAINS, Dispatcher, RetryPolicy
+from core.messenger import (
     AmbiguousDeliveryError,
-    Delivery,
     DeliveryFailed,
     TransientDeliveryError,
     current_outbox_key,
-    record_status,
 )
-from core.dispatch import MAX_DRAINS, Dispatcher, RetryPolicy
 from core.migrate import upgrade_database
 from core.models import OutboxMessage
 from tests.conftest import MOBILE, SECOND_MOBILE

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.config import Settings
+from core.config import OperatorRoute, Settings
 from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker
 from core.escalations import Escalations, Outcome
 from core.migrate import upgrade_database
-from core.models import Escalation, EscalationKind, EscalationStatus
+from core.models import Escalation, EscalationKind, EscalationReason, EscalationStatus
 
 CALL = "CA" + "a" * 32
 OTHER = "CA" + "b" * 32
@@ -39,9 +39,9 @@ async def transfer(cases: Escalations, call: str = CALL, state: str = "main_menu
         channel="voice",
         session_ref=call,
         phone=PHONE,
-        reason="caller_request",
+        reason=EscalationReason.caller_request,
         account_number="1000000001",
-        route="enqueue",
+        route=OperatorRoute.enqueue,
         transfers=1,
         state=state,
     )
@@ -52,7 +52,8 @@ async def test_open_masks_the_account_and_keeps_the_context(cases: Escalations) 
     assert case.status is EscalationStatus.waiting and case.outcome is None
     assert case.account_masked == "*******001"
     assert case.account_ref and "1000000001" not in case.account_ref
-    assert cases.context(case) == {"route": "enqueue", "state": "main_menu", "transfers": 1}
+    assert cases.context(case) == {"state": "main_menu", "transfers": 1}
+    assert case.route is OperatorRoute.enqueue
     assert "1000000001" not in repr(case)
 
 
@@ -106,7 +107,13 @@ async def test_callbacks(cases: Escalations) -> None:
 async def test_retransfer_reopens_the_case(cases: Escalations) -> None:
     case = await transfer(cases)
     await cases.unanswered(case)
-    await cases.retransfer(case, reason="retries_exhausted", attempts=4, state="callback_offer")
+    await cases.retransfer(
+        case,
+        reason=EscalationReason.retries_exhausted,
+        attempts=4,
+        route=OperatorRoute.enqueue,
+        state="callback_offer",
+    )
     assert (case.status, case.outcome, case.reason) == (
         EscalationStatus.waiting,
         None,
@@ -125,8 +132,8 @@ async def test_queued_transfers_head_is_the_oldest_waiting(cases: Escalations) -
         channel="voice",
         session_ref="CA" + "c" * 32,
         phone=PHONE,
-        reason="error",
-        route="dial",
+        reason=EscalationReason.error,
+        route=OperatorRoute.dial,
     )
     assert await cases.queued_transfers() == (2, first)
     await cases.answered(first)

@@ -19,11 +19,11 @@ from aiosmtpd.smtp import AuthResult
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from core.config import Settings, UnsafeSettingsError
+from core.config import Settings, SmtpRelay, UnsafeSettingsError, parse_smtp_url
 from core.db import transaction
 from core.delivery import Delivery
 from core.dispatch import Dispatcher, RetryPolicy
-from core.mail import SmtpMailer, SmtpRelay, mask_email, parse_smtp_url
+from core.mail import SmtpMailer, mask_email
 from core.models import OutboxMessage
 from tests.core.test_dispatch import Env, ScriptedMessenger, make_env
 from tests.servers import free_port

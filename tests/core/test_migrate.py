@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,5 +145,47 @@ async def test_wider_caller_ids_downgrade_with_a_long_caller_id_stored(database_
     await asyncio.to_thread(downgrade_database, database_url, "b2e7ca11e1d2-1")
     async with engine.connect() as connection:
         assert await connection.scalar(text("SELECT phone FROM escalations")) == sip[:20]
+    await upgrade_database(database_url)
+    await engine.dispose()
+
+
+async def test_escalation_route_moves_from_the_context_to_its_column_and_back(
+    database_url: str,
+) -> None:
+    """c3f2a9d4e5b6 moves each case's route out of its JSON context; the downgrade puts it back."""
+    await upgrade_database(database_url, "b2e7ca11e1d2")
+    engine = create_engine(database_url)
+    contexts = {
+        "CA1": '{"route": "enqueue", "state": "main_menu", "transfers": 1}',
+        "CA2": '{"route": "dial", "transfers": 2}',
+        "CA3": '{"after_hours": true}',
+    }
+    async with engine.begin() as connection:
+        for session_ref, context in contexts.items():
+            await connection.execute(
+                text(
+                    "INSERT INTO escalations (created_at, kind, channel, session_ref, phone,"
+                    " attempts, reason, context, status, verification)"
+                    " VALUES (CURRENT_TIMESTAMP, 'transfer', 'voice', :ref, '+79123456789', 0,"
+                    " 'caller_request', :context, 'waiting', 'none')"
+                ),
+                {"ref": session_ref, "context": context},
+            )
+    await upgrade_database(database_url, "c3f2a9d4e5b6")
+    query = text("SELECT session_ref, route, context FROM escalations ORDER BY session_ref")
+    async with engine.connect() as connection:
+        rows = [tuple(row) for row in (await connection.execute(query)).all()]
+    assert rows == [
+        ("CA1", "enqueue", '{"state": "main_menu", "transfers": 1}'),
+        ("CA2", "dial", '{"transfers": 2}'),
+        ("CA3", None, '{"after_hours": true}'),
+    ]
+    await asyncio.to_thread(downgrade_database, database_url, "c3f2a9d4e5b6-1")
+    query = text("SELECT session_ref, context FROM escalations ORDER BY session_ref")
+    async with engine.connect() as connection:
+        back = {
+            ref: json.loads(context) for ref, context in (await connection.execute(query)).all()
+        }
+    assert back == {ref: json.loads(context) for ref, context in contexts.items()}
     await upgrade_database(database_url)
     await engine.dispose()

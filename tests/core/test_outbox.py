@@ -15,9 +15,10 @@ from redis.asyncio import Redis
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
+from core.clock import utcnow
 from core.config import Settings
 from core.crypto import Keyring
-from core.db import create_engine, create_sessionmaker, transaction, utcnow
+from core.db import create_engine, create_sessionmaker, transaction
 from core.delivery import OutboxMessenger, purge_expired_secrets, readable_body
 from core.models import OutboxMessage
 from gateway.app import create_app

@@ -23,9 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from core.config import MessengerKind, Settings
 from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker, transaction
-from core.delivery import OUTBOX_KEY_PARAM, Delivery, TwilioMessenger, record_status
+from core.delivery import Delivery, record_status
 from core.dispatch import Dispatcher, RetryPolicy
+from core.messenger import OUTBOX_KEY_PARAM
 from core.models import OutboxMessage
+from core.twilio_rest import TwilioMessenger
 from gateway.app import create_app
 from tests.conftest import (
     AUTH_TOKEN,

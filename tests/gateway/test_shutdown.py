@@ -24,9 +24,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from core.clock import utcnow
 from core.config import Settings
 from core.crypto import Keyring
-from core.db import create_engine, create_sessionmaker, transaction, utcnow
+from core.db import create_engine, create_sessionmaker, transaction
 from core.models import OutboundChannel, OutboxMessage
 from tests.conftest import (
     AUTH_TOKEN,

@@ -11,7 +11,6 @@ from sqlalchemy import select
 
 from core.config import Settings
 from core.db import create_engine, create_sessionmaker
-from core.deps import request_time
 from core.models import Escalation
 from tests.conftest import Gateway
 
@@ -38,6 +37,7 @@ class Case:
     verification: str
     attempts: int
     reason: str
+    route: str | None
     outcome: str | None
     context: dict[str, object]
     taken: bool
@@ -64,6 +64,7 @@ async def stored_cases(settings: Settings) -> list[Case]:
                     verification=row.verification,
                     attempts=row.attempts,
                     reason=row.reason,
+                    route=row.route.value if row.route else None,
                     outcome=row.outcome,
                     context=json.loads(row.context),
                     taken=row.taken_at is not None,
@@ -76,5 +77,5 @@ async def stored_cases(settings: Settings) -> list[Case]:
 
 
 def set_clock(gateway: Gateway, now: datetime) -> None:
-    """Make the gateway's webhooks see `now` (the FastAPI dependency the routers read)."""
-    gateway.app.dependency_overrides[request_time] = lambda: now
+    """Make the gateway's webhooks see `now` (the container's clock, which they all read)."""
+    gateway.app.state.services.clock = lambda: now

@@ -11,6 +11,7 @@ import pytest
 
 from core.config import OperatorRoute, Settings
 from core.crypto import Keyring
+from core.models import EscalationReason
 from core.phones import mask_account
 from gateway.simulator import PhoneSimulator, ScriptedIO
 from ivr.menu import State
@@ -40,7 +41,9 @@ SIP = "sip:desk@pbx.eirc.example"
 def operator_screen(**overrides: object) -> ET.Element:
     settings = Settings(_env_file=None, **overrides)  # type: ignore[arg-type]
     screens = Screens(settings=settings, keyring=Keyring(settings), prompts=load_catalogue())
-    call = CallSession(call_sid="CA" + "1" * 32, state=State.operator, reason="limit")
+    call = CallSession(
+        call_sid="CA" + "1" * 32, state=State.operator, reason=EscalationReason.limit
+    )
     document = ET.fromstring(Renderer(settings).render(screens.screen(call)))
     assert document.tag == "Response"
     return document
@@ -128,7 +131,7 @@ async def one_case(gateway: Gateway) -> Case:
 async def test_transfer_enqueues_and_stores_one_case(gateway: Gateway) -> None:
     call, _, _ = await enqueued(gateway)
     case = await one_case(gateway)
-    assert (case.kind, case.status, case.context["route"]) == ("transfer", "waiting", "enqueue")
+    assert (case.kind, case.status, case.route) == ("transfer", "waiting", "enqueue")
     assert case.session_ref == call.call_sid
 
 

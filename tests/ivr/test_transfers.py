@@ -16,6 +16,7 @@ from core.config import Settings
 from core.models import CALLER_ID_CHARS
 from core.phones import mask_account
 from core.recovery import RecoveryService
+from ivr.flow import VoiceFlow
 from ivr.menu import State
 from tests.conftest import LANDLINE, LANDLINE_ONLY, MOBILE, MOBILE_ONLY, Gateway
 from tests.ivr.conftest import (
@@ -127,7 +128,8 @@ async def test_zero_in_every_menu_stores_one_waiting_transfer(
     # The resident's number: the caller, or the phone on file the verification call reached.
     assert case.phone == (LANDLINE if state in VERIFICATION_CALL else MOBILE)
     assert case.context["state"] == state.value
-    assert case.context["route"] == "dial" and case.context["transfers"] == 1
+    assert case.route == "dial" and case.context["transfers"] == 1
+    assert "route" not in case.context
     assert case.context["language"] == "ru"
     if ACCOUNT_KNOWN[state]:
         account = LANDLINE_ONLY if state in VERIFICATION_CALL else MOBILE_ONLY
@@ -373,6 +375,28 @@ async def test_the_apology_outside_hours_needs_no_state(gateway: Gateway) -> Non
     assert "с понедельника по пятницу" in says(response.text)
     assert [child.tag for child in document][-1] == "Hangup"
     set_clock(gateway, OPEN_NOW)
+    response = await answer_at(call, "/ivr/step?s=0", Digits="1")
+    assert ET.fromstring(response.text).find("Dial/Number") is not None
+
+
+async def test_a_failed_webhook_apologises_by_the_container_clock(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard's apology reads the clock every webhook reads (the container's), never a test
+    hook: at night it names the hours, by day it transfers."""
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the flow failed")
+
+    monkeypatch.setattr(VoiceFlow, "handle", broken)
+    set_clock(gateway, CLOSED_NOW)
+    call = await at_main_menu(gateway)
+    response = await answer_at(call, "/ivr/step?s=0", Digits="1")
+    assert ru("voice.error_apology") in says(response.text)
+    assert "с понедельника по пятницу" in says(response.text)
+    assert ET.fromstring(response.text).find("Dial") is None
+    set_clock(gateway, OPEN_NOW)
+    call = await at_main_menu(gateway)
     response = await answer_at(call, "/ivr/step?s=0", Digits="1")
     assert ET.fromstring(response.text).find("Dial/Number") is not None
 

@@ -247,7 +247,7 @@ async def test_temporary_password_expires_and_is_single_use(gateway: Gateway) ->
     second = await spoken_password(call)
     from sqlalchemy import update
 
-    from core.db import utcnow
+    from core.clock import utcnow
     from core.models import Credential
 
     async with transaction(sessionmaker) as session:

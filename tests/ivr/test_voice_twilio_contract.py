@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from core.config import MessengerKind, Settings
 from core.db import create_engine, create_sessionmaker
-from core.delivery import TwilioMessenger
 from core.models import OutboxMessage
+from core.twilio_rest import TwilioMessenger
 from gateway.app import create_app
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, seed_accounts
 from tests.twilio_driver import Call, Twilio

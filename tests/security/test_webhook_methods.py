@@ -7,7 +7,7 @@ import pytest
 from fastapi.routing import APIRoute
 from structlog.testing import capture_logs
 
-from ivr.router import router as ivr_router
+from ivr import calls, transfers
 from sms.router import router as sms_router
 from tests.conftest import Gateway
 from tests.twilio_driver import sign
@@ -33,7 +33,11 @@ METHODS = ["GET", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
 def test_the_list_covers_every_webhook_route() -> None:
-    routes = [r for r in [*ivr_router.routes, *sms_router.routes] if isinstance(r, APIRoute)]
+    routes = [
+        r
+        for r in [*calls.router.routes, *transfers.router.routes, *sms_router.routes]
+        if isinstance(r, APIRoute)
+    ]
     assert {route.path for route in routes} == set(WEBHOOK_PATHS)
     assert all(route.methods == {"POST"} for route in routes)
 

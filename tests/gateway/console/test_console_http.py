@@ -15,7 +15,7 @@ from core.config import Settings
 from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker, transaction
 from core.escalations import Escalations
-from core.models import EscalationKind, EscalationStatus
+from core.models import EscalationKind, EscalationReason, EscalationStatus
 from gateway.logging import configure_logging
 from tests.conftest import (
     MOBILE,
@@ -80,7 +80,7 @@ async def open_escalation(settings: Settings, account: str | None, phone: str = 
                 kind=EscalationKind.transfer,
                 channel="voice",
                 phone=phone,
-                reason="verification_capped",
+                reason=EscalationReason.verification_capped,
                 session_ref="CA" + "1" * 32,
                 account_number=account,
                 purpose="password",

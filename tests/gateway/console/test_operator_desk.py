@@ -17,7 +17,7 @@ from core.crypto import Keyring
 from core.db import create_engine, transaction
 from core.delivery import Delivery
 from core.escalations import Escalations
-from core.models import EscalationKind, EscalationStatus
+from core.models import EscalationKind, EscalationReason, EscalationStatus
 from core.operator_desk import OperatorDesk, mask_phone_last4
 from core.services import Services
 from tests.conftest import MOBILE, MOBILE_ONLY, seed_accounts
@@ -67,7 +67,11 @@ async def test_stats_count_by_status_kind_reason_and_time_waiting(services: Serv
     settings = services.settings
     async with transaction(services.sessionmaker) as session:
         opened = Escalations(session, Keyring(settings))
-        waiting = ((30, "caller_request"), (10, "no_phone"), (2, "caller_request"))
+        waiting = (
+            (30, EscalationReason.caller_request),
+            (10, EscalationReason.no_phone),
+            (2, EscalationReason.caller_request),
+        )
         for minutes, reason in waiting:
             row = await opened.open(
                 kind=EscalationKind.transfer, channel="voice", phone=MOBILE, reason=reason
@@ -77,17 +81,23 @@ async def test_stats_count_by_status_kind_reason_and_time_waiting(services: Serv
             kind=EscalationKind.callback,
             channel="sms",
             phone=MOBILE,
-            reason="caller_request",
+            reason=EscalationReason.caller_request,
             account_number=MOBILE_ONLY,
         )
         callback.created_at = NOW - timedelta(hours=3)
         yesterday = await opened.open(
-            kind=EscalationKind.transfer, channel="voice", phone=MOBILE, reason="error"
+            kind=EscalationKind.transfer,
+            channel="voice",
+            phone=MOBILE,
+            reason=EscalationReason.error,
         )
         yesterday.created_at = NOW - timedelta(hours=20)
 
         night = await opened.open(
-            kind=EscalationKind.transfer, channel="voice", phone=MOBILE, reason="error"
+            kind=EscalationKind.transfer,
+            channel="voice",
+            phone=MOBILE,
+            reason=EscalationReason.error,
         )
         night.created_at = NOW - timedelta(hours=9)
 

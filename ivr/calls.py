@@ -1,0 +1,105 @@
+"""A resident's call: the first webhook, each menu step, the verification call, the status."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import structlog
+from fastapi import Query, Response, status
+
+from core.delivery import record_status
+from core.deps import DbSession, Now, ServicesDep, TwilioRequest
+from core.models import CALLER_ID_CHARS
+from ivr.flow import CallerInput
+from ivr.menu import State
+from ivr.session import CallSession
+from ivr.webhook import Flow, apology, call_sid_of, call_store, render, voice_router
+
+log = structlog.get_logger(__name__)
+
+FINAL_CALL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+
+router = voice_router()
+
+
+@router.post("/voice")
+async def incoming_call(form: TwilioRequest, services: ServicesDep, flow: Flow) -> Response:
+    """A new call: greeting and main menu in one prompt."""
+    call_sid = call_sid_of(form)
+    store = call_store(services)
+    call = CallSession(call_sid=call_sid, caller=form.get("From")[:CALLER_ID_CHARS])
+    if not await store.create(call):
+        # A retried first webhook: answer the same, start nothing twice.
+        call = await store.load(call_sid) or call
+    log.info("ivr.call", call=call_sid, state=call.state)
+    return render(services, call)
+
+
+@router.post("/step")
+async def menu_step(
+    form: TwilioRequest,
+    services: ServicesDep,
+    flow: Flow,
+    step: Annotated[int, Query(alias="s", ge=0)],
+    now: Now,
+) -> Response:
+    """One caller input (keys or speech) for the step the Gather was rendered at."""
+    call_sid = call_sid_of(form)
+    store = call_store(services)
+    claimed, call = await store.claim_step(call_sid, step)
+    if call is None:
+        return apology(services, call_sid, now)
+    if not claimed or step != call.step:
+        # A replayed or retried webhook: the same answer, no second side effect.
+        log.info("ivr.replay", call=call_sid, step=step)
+        return render(services, call)
+    await flow.handle(
+        call, CallerInput(digits=form.get("Digits")[:64], speech=form.get("SpeechResult")[:300])
+    )
+    call.step += 1
+    await store.save(call)
+    log.info("ivr.step", call=call_sid, step=call.step, state=call.state)
+    return render(services, call)
+
+
+@router.post("/verify")
+async def verification_call(
+    form: TwilioRequest,
+    services: ServicesDep,
+    flow: Flow,
+    attempt_id: Annotated[str, Query(alias="a", max_length=64)],
+) -> Response:
+    """The outbound call to the phone on file: nothing secret before a key is pressed."""
+    call_sid = call_sid_of(form)
+    store = call_store(services)
+    existing = await store.load(call_sid)
+    if existing is not None:
+        return render(services, existing)
+    call = await flow.open_verification_call(call_sid, attempt_id)
+    # The resident is the called party here: an operator would call them back on it.
+    call.caller = form.get("To")[:CALLER_ID_CHARS]
+    if call.state is State.verify_greeting:
+        await store.create(call)
+    return render(services, call)
+
+
+@router.post("/status", status_code=status.HTTP_204_NO_CONTENT)
+async def call_status(
+    form: TwilioRequest,
+    services: ServicesDep,
+    db: DbSession,
+    outbox: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """Call status callback: a finished call's state (and any sealed secret) is dropped.
+
+    A transfer still waiting when the call ends was abandoned by the caller.
+    """
+    call_sid = call_sid_of(form)
+    # Our own outbound calls (code calls) keep their status in the outbox, found by their sid
+    # or by our key from the StatusCallback URL (`outbox`).
+    await record_status(db, call_sid, form.get("CallStatus"), None, outbox_key=outbox)
+    if form.get("CallStatus") in FINAL_CALL_STATUSES:
+        await call_store(services).end(call_sid)
+        await services.cases(db).abandoned(call_sid)
+    log.info("ivr.status", call=call_sid, status=form.get("CallStatus")[:16])
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
