@@ -21,6 +21,7 @@ import io
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,8 +175,8 @@ async def measure(pid: int, label: str, count: int, work, table: dict) -> None: 
 
 
 def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # noqa: S603, S607 - taskset from PATH, our own argv
-        ["taskset", "-c", "1", sys.executable, "-m", "uvicorn", *argv],
+    return subprocess.Popen(  # noqa: S603 - our own argv
+        [shutil.which("taskset") or "taskset", "-c", "1", sys.executable, "-m", "uvicorn", *argv],
         cwd=REPO_ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
