@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from core.config import Settings
 from core.crypto import Keyring
 from core.phones import mask_account, mask_phone
+from core.redis import script
 
 log = structlog.get_logger(__name__)
 
@@ -124,52 +125,158 @@ RATE_LIMITED = Counter(
 for _limit in Limit:
     RATE_LIMITED.labels(limit=_limit)  # every limit shows in /metrics, tripped or not
 
+# A subject's log (a caller, an account, a phone…) is a string of 8-byte events: the time in ms
+# (6 bytes, big-endian) and a 2-byte tag that tells events of one millisecond apart. Every
+# active call holds a few of these, and a short string costs about half the bytes of a sorted
+# set (DESIGN §9, ≤ 1 KiB a call); they hold at most a limit's worth of events. The logs of the
+# whole gateway (budgets of thousands an hour) stay sorted sets.
+#
 # KEYS: one per limit checked (a key may repeat: two limits over one log). ARGV: now (ms), the
-# event's member, record (1) or only look (0), then a (limit, window ms, condition, counts)
-# quadruple per key: a condition i > 0 applies the check only when log KEYS[i] is not empty (a
-# destination that had a code in its window); counts 0 looks at the log without recording in it
-# (a budget that a request which sends nothing must respect, but not spend). Returns {0, 0} when
-# every applying limit has room (and, when recording, the event is added once to each log a
-# counting check applied to), else {the 1-based index of the first full limit, ms until it has
-# room again}. A log is trimmed to the longest window counted in it.
+# event's member (12 hex digits; the packed logs take its first 4 as the tag), record (1) or
+# only look (0), then a (limit, window ms, condition, counts, packed) quintuple per key: a
+# condition i > 0 applies the check only when log KEYS[i] is not empty (a destination that had
+# a code in its window); counts 0 looks at the log without recording in it (a budget that a
+# request which sends nothing must respect, but not spend); packed 1 for a subject's string log,
+# 0 for a sorted set. Returns {0, 0} when every applying limit has room (and, when recording,
+# the event is added once to each log a counting check applied to), else {the 1-based index of
+# the first full limit, ms until it has room again}. A log is trimmed to the longest window
+# counted in it.
+PACKED_EVENT_BYTES = 8
 _ACQUIRE = """
 local now = tonumber(ARGV[1])
-local longest = {}
+local function arg(i, k) return ARGV[3 + 5 * (i - 1) + k] end
+local function tag(member)
+  return string.char(tonumber(string.sub(member, 1, 2), 16), tonumber(string.sub(member, 3, 4), 16))
+end
+local longest, packed, times = {}, {}, {}
 for i, key in ipairs(KEYS) do
-  local window = tonumber(ARGV[1 + 4 * i])
+  local window = tonumber(arg(i, 2))
   if not longest[key] or window > longest[key] then longest[key] = window end
+  packed[key] = arg(i, 5) == '1'
 end
 for key, window in pairs(longest) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if packed[key] and redis.call('TYPE', key)['ok'] == 'zset' then
+    -- A log written as a sorted set before an upgrade: packed once, its TTL kept.
+    local ttl = redis.call('PTTL', key)
+    local old = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    local parts = {}
+    for j = 1, #old, 2 do
+      parts[#parts + 1] = struct.pack('>I6', tonumber(old[j + 1])) .. tag(old[j])
+    end
+    redis.call('DEL', key)
+    if ttl < 1 then ttl = window end
+    if #parts > 0 then redis.call('SET', key, table.concat(parts), 'PX', ttl) end
+  end
+  if packed[key] then
+    local raw = redis.call('GET', key)
+    local kept, trimmed = {}, false
+    if raw then
+      for at = 1, #raw - 7, 8 do
+        local time = struct.unpack('>I6', raw, at)
+        if time > now - window then
+          kept[#kept + 1] = {time, string.sub(raw, at, at + 7)}
+        else
+          trimmed = true
+        end
+      end
+    end
+    times[key] = kept
+    if trimmed then
+      if #kept == 0 then
+        redis.call('DEL', key)
+      else
+        local parts = {}
+        for j, event in ipairs(kept) do parts[j] = event[2] end
+        redis.call('SET', key, table.concat(parts), 'KEEPTTL')
+      end
+    end
+  else
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  end
+end
+local function since_sorted(key, since)
+  local found = {}
+  for _, event in ipairs(times[key]) do
+    if event[1] > since then found[#found + 1] = event[1] end
+  end
+  table.sort(found)
+  return found
 end
 local applies = {}
 for i, key in ipairs(KEYS) do
-  local condition = tonumber(ARGV[2 + 4 * i])
-  if condition == 0 or redis.call('ZCARD', KEYS[condition]) > 0 then
-    local window = tonumber(ARGV[1 + 4 * i])
-    local limit = tonumber(ARGV[4 * i])
+  local condition = tonumber(arg(i, 3))
+  local recent = true
+  if condition > 0 then
+    local other = KEYS[condition]
+    if packed[other] then recent = #times[other] > 0
+    else recent = redis.call('ZCARD', other) > 0 end
+  end
+  if recent then
+    local window = tonumber(arg(i, 2))
+    local limit = tonumber(arg(i, 1))
     local since = now - window
-    local count = redis.call('ZCOUNT', key, '(' .. since, '+inf')
+    local count, oldest
+    if packed[key] then
+      local found = since_sorted(key, since)
+      count = #found
+      oldest = found[count - limit + 1]
+    else
+      count = redis.call('ZCOUNT', key, '(' .. since, '+inf')
+      if count >= limit then
+        local first = redis.call('ZRANGEBYSCORE', key, '(' .. since, '+inf', 'WITHSCORES',
+          'LIMIT', count - limit, 1)
+        oldest = tonumber(first[2])
+      end
+    end
     if count >= limit then
       -- Room again once the oldest event that keeps the log full leaves the window.
-      local oldest = redis.call('ZRANGEBYSCORE', key, '(' .. since, '+inf', 'WITHSCORES',
-        'LIMIT', count - limit, 1)
       local wait = window
-      if oldest[2] then wait = tonumber(oldest[2]) + window - now end
+      if oldest then wait = oldest + window - now end
       return {i, wait}
     end
-    if ARGV[3 + 4 * i] == '1' then applies[key] = true end
+    if arg(i, 4) == '1' then applies[key] = true end
   end
 end
 if ARGV[3] == '1' then
   for key, window in pairs(longest) do
     if applies[key] then
-      redis.call('ZADD', key, now, ARGV[2])
-      redis.call('PEXPIRE', key, window)
+      if packed[key] then
+        redis.call('APPEND', key, struct.pack('>I6', now) .. tag(ARGV[2]))
+        redis.call('PEXPIRE', key, window)
+      else
+        redis.call('ZADD', key, now, ARGV[2])
+        redis.call('PEXPIRE', key, window)
+      end
     end
   end
 end
 return {0, 0}
+"""
+
+# KEYS: the logs an event was recorded in. ARGV: its time (ms) and member. Takes the event
+# back out of each (the first event of that time and tag, in a packed log).
+_RELEASE = """
+local now = tonumber(ARGV[1])
+local event = struct.pack('>I6', now) .. string.char(tonumber(string.sub(ARGV[2], 1, 2), 16),
+  tonumber(string.sub(ARGV[2], 3, 4), 16))
+for _, key in ipairs(KEYS) do
+  if redis.call('TYPE', key)['ok'] == 'zset' then
+    redis.call('ZREM', key, ARGV[2])
+  else
+    local raw = redis.call('GET', key)
+    if raw then
+      for at = 1, #raw - 7, 8 do
+        if string.sub(raw, at, at + 7) == event then
+          local rest = string.sub(raw, 1, at - 1) .. string.sub(raw, at + 8)
+          if #rest == 0 then redis.call('DEL', key)
+          else redis.call('SET', key, rest, 'KEEPTTL') end
+          break
+        end
+      end
+    end
+  end
+end
+return 0
 """
 
 
@@ -240,6 +347,8 @@ class Decision:
     tripped: Limit | None
     keys: tuple[str, ...] = ()
     member: str = ""
+    # The event's time (ms): with the member, it names the event in a packed log.
+    at_ms: int = 0
     # When refused: seconds until the limit that tripped has room again.
     wait_seconds: int = 0
 
@@ -264,7 +373,8 @@ class RateLimiter:
         self._rules = rules(settings)
         self._keyring = keyring or Keyring(settings)
         self._clock = clock
-        self._script = redis.register_script(_ACQUIRE)
+        self._script = script(redis, _ACQUIRE)
+        self._release = script(redis, _RELEASE)
 
     def key(self, check: Check) -> str:
         """The Redis key of a check: its log's name and the subject's keyed reference."""
@@ -276,37 +386,48 @@ class RateLimiter:
         """Count one event against every check, all or nothing; says which limit tripped."""
         # Unique within a log: the score holds the time, so the member needs only randomness.
         member = secrets.token_hex(6)
-        refused = await self._run(checks, member, record=True)
+        now = self._now_ms()
+        refused = await self._run(checks, member, now, record=True)
         if refused is not None:
             return refused
         # A check that did not apply (or only looked) recorded nothing: nothing to release there.
         recorded = (self.key(check) for check in checks if not check.only_look)
-        return Decision(None, tuple(dict.fromkeys(recorded)), member)
+        return Decision(None, tuple(dict.fromkeys(recorded)), member, now)
 
     async def peek(self, *checks: Check) -> Decision:
         """Whether these limits have room, counting nothing."""
-        return await self._run(checks, "", record=False) or Decision(None)
+        return await self._run(checks, "", self._now_ms(), record=False) or Decision(None)
+
+    async def events(self, check: Check) -> int:
+        """How many events the log of `check` holds now (expired ones may linger until trimmed)."""
+        key = self.key(check)
+        if check.limit in GATEWAY_WIDE:
+            return int(await self._redis.zcard(key))
+        return int(await self._redis.strlen(key)) // PACKED_EVENT_BYTES
 
     async def release(self, decision: Decision) -> None:
         """Take back an event that did not happen after all (nothing was sent)."""
         if not decision.keys:
             return
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for key in decision.keys:
-                pipe.zrem(key, decision.member)
-            await pipe.execute()
+        await self._release(keys=decision.keys, args=[decision.at_ms, decision.member])
 
     async def _run(
-        self, checks: tuple[Check, ...], member: str, *, record: bool
+        self, checks: tuple[Check, ...], member: str, now_ms: int, *, record: bool
     ) -> Decision | None:
         if not checks:
             return None
         limits = [check.limit for check in checks]
-        args: list[str | int] = [self._now_ms(), member, 1 if record else 0]
+        args: list[str | int] = [now_ms, member, 1 if record else 0]
         for check in checks:
             rule = self._rules[check.limit]
             condition = limits.index(check.if_recent) + 1 if check.if_recent else 0
-            args += [rule.limit, rule.window_seconds * 1000, condition, 0 if check.only_look else 1]
+            args += [
+                rule.limit,
+                rule.window_seconds * 1000,
+                condition,
+                0 if check.only_look else 1,
+                0 if check.limit in GATEWAY_WIDE else 1,
+            ]
         index, wait_ms = await self._script(keys=[self.key(check) for check in checks], args=args)
         if int(index) == 0:
             return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -171,23 +170,20 @@ class RecoveryService:
             requester=self._keyring.reference(requester),
             from_mobile_on_file=_code_destination(record, requester) is not None,
         )
-        await self._redis.set(
-            self._attempt_key(attempt.id),
-            # Positional and compact: every active call holds one (DESIGN §9, ≤ 1 KiB a call).
-            json.dumps(
-                [
-                    attempt.account_number,
-                    attempt.purpose,
-                    attempt.channel,
-                    attempt.session_ref,
-                    attempt.language,
-                    int(attempt.limited),
-                    attempt.requester,
-                    int(attempt.from_mobile_on_file),
-                ],
-                separators=(",", ":"),
-            ),
-            ex=self._settings.code_ttl_seconds + 600,
+        await self._codes.open(
+            attempt.id,
+            # Positional and short: every active call holds one (DESIGN §9, ≤ 1 KiB a call).
+            [
+                attempt.account_number,
+                attempt.purpose,
+                attempt.channel,
+                attempt.session_ref,
+                attempt.language,
+                int(attempt.limited),
+                attempt.requester,
+                int(attempt.from_mobile_on_file),
+            ],
+            self._settings.code_ttl_seconds + 600,
         )
         await self._audit.record(
             "recovery.started",
@@ -203,11 +199,11 @@ class RecoveryService:
 
     async def load(self, attempt_id: str) -> Attempt | None:
         """The attempt with this id, if it is still open."""
-        raw = await self._redis.get(self._attempt_key(attempt_id))
-        if raw is None:
+        record = await self._codes.record(attempt_id)
+        if record is None:
             return None
         account_number, purpose, channel, session_ref, language, limited, requester, on_file = (
-            json.loads(raw)
+            record
         )
         return Attempt(
             id=attempt_id,
@@ -216,9 +212,9 @@ class RecoveryService:
             channel=Channel(channel),
             session_ref=session_ref,
             language=Language(language),
-            limited=bool(limited),
+            limited=limited == "1",
             requester=requester,
-            from_mobile_on_file=bool(on_file),
+            from_mobile_on_file=on_file == "1",
         )
 
     # -- codes ------------------------------------------------------------------------------
@@ -383,7 +379,7 @@ class RecoveryService:
             log.warning("recovery.undeliverable", account=mask_account(attempt.account_number))
             return None
         # Redis first: if it fails here, no password was issued and nothing queued (§6.4).
-        await self._redis.delete(self._attempt_key(attempt.id))
+        await self._codes.close(attempt.id)
         if attempt.purpose is Purpose.password:
             temporary = new_temporary_password(
                 self._settings,
@@ -537,9 +533,6 @@ class RecoveryService:
             limit=decision.tripped,
         )
 
-    def _attempt_key(self, attempt_id: str) -> str:
-        return f"attempt:{attempt_id}"
-
     def _failures_key(self, account_number: str) -> str:
         return f"fails:{self._keyring.reference(account_number)}"
 
@@ -548,11 +541,10 @@ class RecoveryService:
         cooldown = self._settings.code_resend_cooldown_seconds
         if cooldown == 0:
             return True
-        key = f"cooldown:{attempt_id}:{method}"
-        return bool(await self._redis.set(key, 1, nx=True, ex=cooldown))
+        return await self._codes.cool_down(attempt_id, method, cooldown)
 
     async def _release_cool_down(self, attempt_id: str, method: str) -> None:
-        await self._redis.delete(f"cooldown:{attempt_id}:{method}")
+        await self._codes.end_cool_down(attempt_id, method)
 
     async def _cap_wait(self, account_number: str) -> int:
         """Seconds until a capped account's self-service opens again; 0 when it is not capped."""

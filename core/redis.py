@@ -12,6 +12,8 @@ Sentinels default to port 26379. The password (and username) authenticate to the
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -20,6 +22,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 
 DEFAULT_TIMEOUT_SECONDS = 1.0
 DEFAULT_SENTINEL_PORT = 26379
@@ -158,3 +161,35 @@ def create_redis(url: str, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) 
         return master
     _check_plain_url(url)
     return Redis.from_url(url, **common)
+
+
+_SHAS: dict[str, str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script run by its SHA (EVALSHA), loaded again when the server has lost it.
+
+    Unlike `Redis.register_script`, building one per request costs no hashing: the SHA of
+    each script text is computed once per process.
+    """
+
+    redis: Redis
+    text: str
+    sha: str
+
+    async def __call__(self, *, keys: Sequence[str], args: Sequence[str | int] = ()) -> Any:
+        """Run the script (one round trip while the server has it cached)."""
+        try:
+            return await self.redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.redis.script_load(self.text)
+            return await self.redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def script(redis: Redis, text: str) -> Script:
+    """The script `text` bound to a client."""
+    sha = _SHAS.get(text)
+    if sha is None:
+        sha = _SHAS[text] = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+    return Script(redis, text, sha)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import pytest
 from pydantic import SecretStr
@@ -61,9 +62,9 @@ async def test_code_is_stored_only_as_an_hmac(
 ) -> None:
     code = await store.issue("attempt-a", delivered=True)
     dump = await everything(redis)
-    assert "code:attempt-a" in dump
+    assert CodeStore.key("attempt-a") in dump
     assert code not in dump
-    stored = [text(value) for value in (await redis.hgetall("code:attempt-a")).values()]
+    stored = [text(value) for value in (await redis.hgetall(CodeStore.key("attempt-a"))).values()]
     # 128 bits of the HMAC-SHA256, as hex.
     digests = [value for value in stored if re.fullmatch(r"[0-9a-f]{32}", value)]
     assert len(digests) == 1
@@ -141,7 +142,7 @@ async def test_code_expires_within_the_configured_time(
 ) -> None:
     assert settings.code_ttl_seconds <= 600
     await store.issue("attempt-a", delivered=True)
-    ttl = await redis.ttl("code:attempt-a")
+    ttl = await redis.ttl(CodeStore.key("attempt-a"))
     assert 0 < ttl <= settings.code_ttl_seconds
 
 
@@ -149,12 +150,12 @@ async def test_short_ttl_is_honoured(redis: Redis, settings: Settings) -> None:
     short = settings.model_copy(update={"code_ttl_seconds": 30})
     store = CodeStore(redis, short, Keyring(short))
     await store.issue("attempt-a", delivered=True)
-    assert 0 < await redis.ttl("code:attempt-a") <= 30
+    assert 0 < await redis.ttl(CodeStore.key("attempt-a")) <= 30
 
 
 async def test_expired_code_is_missing(store: CodeStore, redis: Redis) -> None:
     code = await store.issue("attempt-a", delivered=True)
-    await redis.delete("code:attempt-a")  # what the TTL does
+    await redis.delete(CodeStore.key("attempt-a"))  # what the TTL does
     assert await check(store, "attempt-a", code) is CodeCheck.missing
 
 
@@ -181,3 +182,45 @@ async def test_discard_invalidates(store: CodeStore) -> None:
     code = await store.issue("attempt-a", delivered=True)
     await store.discard("attempt-a")
     assert await check(store, "attempt-a", code) is CodeCheck.missing
+
+
+async def test_a_code_lives_no_longer_than_its_ttl_inside_a_longer_attempt(
+    store: CodeStore, redis: Redis, settings: Settings
+) -> None:
+    """The attempt's hash outlives its code (core/codes.py): the code's own expiry holds."""
+    await store.open("attempt-a", ["record"], settings.code_ttl_seconds + 600)
+    code = await store.issue("attempt-a", delivered=True)
+    expires = int(await redis.hget(CodeStore.key("attempt-a"), "e") or 0)
+    assert 0 < expires - time.time() <= settings.code_ttl_seconds + 1
+    await redis.hset(CodeStore.key("attempt-a"), "e", int(time.time()))  # the time has come
+    assert await check(store, "attempt-a", code) is CodeCheck.missing
+    assert await store.record("attempt-a") == ["record"]  # the attempt itself lives on
+    assert not await redis.hexists(CodeStore.key("attempt-a"), "h")
+
+
+async def test_a_cool_down_runs_once_per_method_until_ended(store: CodeStore, redis: Redis) -> None:
+    await store.open("attempt-a", ["record"], 60)
+    assert await store.cool_down("attempt-a", "sms", 30)
+    assert not await store.cool_down("attempt-a", "sms", 30)
+    assert await store.cool_down("attempt-a", "call", 30)
+    await store.end_cool_down("attempt-a", "sms")
+    assert await store.cool_down("attempt-a", "sms", 30)
+    # Past its end (Redis's clock), a cool-down no longer holds.
+    await redis.hset(CodeStore.key("attempt-a"), "ksms", int(time.time()) - 1)
+    assert await store.cool_down("attempt-a", "sms", 30)
+    concurrent = await asyncio.gather(*(store.cool_down("attempt-b", "sms", 30) for _ in range(20)))
+    assert concurrent.count(True) == 1
+    assert 0 < await redis.ttl(CodeStore.key("attempt-b")) <= 30
+
+
+async def test_an_attempt_is_one_key_with_its_code_and_cool_down(
+    store: CodeStore, redis: Redis
+) -> None:
+    """DESIGN §9 (≤ 1 KiB a call): the record, the code and the cool-down share one hash."""
+    await store.open("attempt-a", ["2000000001", "password", "voice", "CA" + "0" * 32], 1200)
+    await store.cool_down("attempt-a", "sms", 30)
+    await store.issue("attempt-a", delivered=True)
+    assert [text(key) for key in await redis.keys("*")] == [CodeStore.key("attempt-a")]
+    assert text(await redis.object("encoding", CodeStore.key("attempt-a"))) == "listpack"
+    await store.close("attempt-a")
+    assert await redis.keys("*") == []

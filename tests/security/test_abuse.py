@@ -12,6 +12,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
+from core.codes import CodeStore
 from core.config import Settings
 from core.db import create_sessionmaker, transaction
 from core.recovery import Channel, Purpose, VerifyOutcome
@@ -373,7 +374,7 @@ async def test_copies_of_a_step_arriving_together_eat_one_try(
     assert any(ru("voice.code_wrong") in says(reply.text) for reply in replies)
     services: Services = gateway.app.state.services
     assert int(await redis.get(failures_key(services)) or 0) == 1
-    assert await redis.hget(f"code:{await attempt_of(call, redis)}", "w") in ("1", b"1")
+    assert await redis.hget(CodeStore.key(await attempt_of(call, redis)), "w") in ("1", b"1")
     # The call moved on by exactly one step, and the right code is still good there.
     step = int(path.rsplit("=", 1)[1])
     reply = await answer_at(call, path.replace(f"s={step}", f"s={step + 1}"), Digits=code)
