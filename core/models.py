@@ -130,6 +130,9 @@ class Account(Base):
     email: Mapped[str | None] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The row of the billing centre's file this account was last imported from, as a digest
+    # (core/accounts_import.py): a re-import skips a row whose digest is unchanged.
+    import_digest: Mapped[str | None] = mapped_column(String(32))
 
     phones: Mapped[list[AccountPhone]] = relationship(
         back_populates="account",

@@ -1,18 +1,23 @@
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from core import accounts_import
 from core.accounts import AccountRecord, SqlAccountDirectory
 from core.accounts_import import ImportFailed, ImportReport, import_accounts_csv
 from core.config import Settings
 from core.db import Base, create_engine, create_sessionmaker, transaction
 from core.models import Account, AccountPhone, LineType
+from core.phones import InvalidPhoneNumber, Phone, parse_phone
 
 HEADER = "account_number,login,full_name,phones,email\n"
 GOOD = (
@@ -296,3 +301,192 @@ async def test_the_demo_file_imports(
     assert landline_only.phones and landline_only.first_mobile is None
     assert len(two_mobiles.mobiles) == 2
     assert mobile_and_email.first_mobile is not None and mobile_and_email.email
+
+
+# --- at the scale of a city: streaming, digests, one parse per number --------------------------
+
+
+def rows_csv(count: int, start: int = 0) -> str:
+    """`count` valid rows, two phones each (a mobile of its own, a shared landline)."""
+    return "".join(
+        f"{1_000_000_000 + i},login{i},Тестов Тест,+7912{i:07d};8 (343) 200-00-00,\n"
+        for i in range(start, start + count)
+    )
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every number the import hands to phonenumbers, as it hands it."""
+    seen: list[str] = []
+
+    def counting(raw: str, region: str = "RU") -> Phone:
+        seen.append(raw)
+        return parse_phone(raw, region)
+
+    monkeypatch.setattr(accounts_import, "parse_phone", counting)
+    return seen
+
+
+async def test_a_reimport_of_an_unchanged_file_parses_no_phone(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, parses: list[str]
+) -> None:
+    await run_import(sessions, settings, GOOD)
+    assert parses
+    parses.clear()
+    assert await run_import(sessions, settings, GOOD) == ImportReport(unchanged=3)
+    assert parses == []
+
+
+async def test_each_distinct_number_is_parsed_once(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, parses: list[str]
+) -> None:
+    text = (
+        HEADER
+        + "1000234517,ivanova.mv,,+7 495 123-45-67;8 912 345 67 89,\n"
+        + "1000234528,petrov.as,,+7 (495) 123-45-67,\n"
+        + "1000234539,smirnova.ea,,+74951234567;8(912)345-67-89,\n"
+    )
+    assert await run_import(sessions, settings, text) == ImportReport(created=3)
+    # One landline and one mobile, each punctuated two or three ways.
+    assert len(parses) == 2
+    assert [p.e164 for p in (await lookup(sessions, settings, "1000234539")).phones] == [
+        "+74951234567",
+        "+79123456789",
+    ]
+
+
+async def test_a_new_spelling_of_the_same_phones_is_unchanged_and_remembered(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, parses: list[str]
+) -> None:
+    await run_import(sessions, settings, GOOD)
+    async with sessions() as session:
+        stamps = dict((await session.execute(select(Account.login, Account.updated_at))).all())
+    respelled = GOOD.replace("+7 495 123-45-67", "8 (495) 1234567")
+    assert await run_import(sessions, settings, respelled) == ImportReport(unchanged=3)
+    async with sessions() as session:
+        assert dict((await session.execute(select(Account.login, Account.updated_at))).all()) == (
+            stamps
+        )
+    # The new spelling's digest was stored: a third run parses nothing.
+    parses.clear()
+    assert await run_import(sessions, settings, respelled) == ImportReport(unchanged=3)
+    assert parses == []
+
+
+async def test_accounts_imported_before_digests_are_compared_once_then_skipped(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, parses: list[str]
+) -> None:
+    await run_import(sessions, settings, GOOD)
+    async with transaction(sessions) as session:
+        await session.execute(update(Account).values(import_digest=None))
+    assert await run_import(sessions, settings, GOOD) == ImportReport(unchanged=3)
+    parses.clear()
+    assert await run_import(sessions, settings, GOOD) == ImportReport(unchanged=3)
+    assert parses == []
+
+
+async def test_an_unchanged_row_is_still_checked_against_the_settings(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, parses: list[str]
+) -> None:
+    await run_import(sessions, settings, GOOD)
+    # A stricter account number format refuses rows the digest knows.
+    stricter = Settings(_env_file=None, account_number_pattern=r"^\d{6,8}$")
+    errors = await failures(sessions, stricter, GOOD)
+    assert [line for line, _ in errors] == [2, 3, 4]
+    # Another phone region reads the numbers again.
+    parses.clear()
+    kazakh = Settings(_env_file=None, default_region="KZ")
+    assert (await run_import(sessions, kazakh, GOOD)).total == 3
+    assert parses
+
+
+async def test_bad_lines_in_several_batches_are_all_reported_and_nothing_is_written(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    batch = accounts_import.BATCH_ROWS
+    rows = rows_csv(3 * batch).splitlines(keepends=True)
+    rows[10] = "1000000010,,Тестов,+79120000010,\n"  # line 12: no login
+    rows[batch + 5] = rows[3].replace("login3", "other")  # a repeat of line 5
+    rows[-1] = "1000009999,last,Тестов,+7 912 345-67-8,\n"  # the last line: a bad phone
+    errors = await failures(sessions, settings, HEADER + "".join(rows))
+    assert errors == [
+        (12, "login is empty"),
+        (batch + 7, "account number repeats line 5"),
+        (3 * batch + 1, "phone 1 of 1 (ending in 78) is not a valid number"),
+    ]
+    assert await count(sessions, Account) == 0
+    assert await count(sessions, AccountPhone) == 0
+
+
+async def test_a_failed_import_leaves_the_transaction_fit_for_another(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    async with transaction(sessions) as session:
+        with pytest.raises(ImportFailed):
+            await import_accounts_csv(
+                session, io.StringIO(GOOD + "12AB,x,,+79161234567,\n"), settings
+            )
+        report = await import_accounts_csv(session, io.StringIO(GOOD), settings)
+    assert report == ImportReport(created=3)
+    assert await count(sessions, Account) == 3
+
+
+async def test_too_many_problems_stop_the_reading(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accounts_import, "MAX_ERRORS", 3)
+    text = HEADER + "".join(f"{1_000_000_000 + i},,,+79120000000,\n" for i in range(10))
+    errors = await failures(sessions, settings, text)
+    assert errors == [
+        (2, "login is empty"),
+        (3, "login is empty"),
+        (4, "login is empty"),
+        (4, "more than 3 problems: the rest of the file was not read"),
+    ]
+
+
+async def test_a_large_file_is_read_and_staged_a_batch_at_a_time(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    batch = accounts_import.BATCH_ROWS
+    text = HEADER + rows_csv(5 * batch)
+    stream = io.StringIO(text)
+    # Where line n ends in the text, n = 1 being the header.
+    line_ends = list(itertools.accumulate(len(line) for line in text.splitlines(keepends=True)))
+    # (rows reported so far, characters read from the stream by then) at each progress call.
+    seen: list[tuple[int, int]] = []
+    done = 0
+
+    def progress(rows: int) -> None:
+        nonlocal done
+        done += rows
+        seen.append((done, stream.tell()))
+
+    async with transaction(sessions) as session:
+        report = await import_accounts_csv(session, stream, settings, progress=progress)
+    assert report == ImportReport(created=5 * batch)
+    assert [rows for rows, _ in seen] == [batch, 2 * batch, 3 * batch, 4 * batch, 5 * batch]
+    # Never more read than the header and the rows staged so far: one batch in memory at most.
+    assert all(read <= line_ends[rows] for rows, read in seen)
+    assert await count(sessions, AccountPhone) == 2 * 5 * batch
+
+
+@given(
+    digits=st.sampled_from(["79123456789", "89123456789", "84951234567", "74991234567"]),
+    cuts=st.lists(st.tuples(st.integers(0, 11), st.sampled_from([" ", "-", "(", ")", "."]))),
+    plus=st.booleans(),
+)
+def test_a_number_reads_the_same_however_it_is_punctuated(
+    digits: str, cuts: list[tuple[int, str]], plus: bool
+) -> None:
+    # The import parses each distinct number once, keyed by its digits: the key must not
+    # change what phonenumbers makes of the text.
+    raw = digits
+    for position, mark in sorted(cuts, reverse=True):
+        raw = raw[:position] + mark + raw[position:]
+    raw = ("+" if plus else "") + raw
+    try:
+        expected: Phone | None = parse_phone(raw)
+    except InvalidPhoneNumber:
+        expected = None
+    assert accounts_import._PhoneParser("RU").parse(raw) == expected
