@@ -356,7 +356,8 @@ async def run_real(
                 code = await outbox.code_for(mobile(caller.index))
                 await think()
                 await caller.press("code", code)
-                if not any(say.text and "Группа" in say.text for say in caller.twiml.iter("Say")):
+                said = ("".join(say.itertext()) for say in caller.twiml.iter("Say"))
+                if not any(" группа: " in text for text in said):
                     recorder.error("code")
                     raise StepFailed("no password read out after the code")
                 await caller.hang_up()
