@@ -220,7 +220,7 @@ async def test_a_voice_recovery_alternating_between_two_processes(cluster: Clust
     for step, keys in enumerate(steps, start=1):
         call.twilio = cluster.node(step)
         await call.press(keys)
-    assert "Мы отправили СМС" in call.text
+    assert "Код отправлен в СМС" in call.text
     code = code_in(await wait_for_text(cluster.settings, MOBILE, "code", codes))
 
     call.twilio = cluster.node(len(steps) + 1)
