@@ -9,6 +9,7 @@ from datetime import date
 from email.utils import parseaddr
 from enum import StrEnum
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Self
 from urllib.parse import unquote, urlsplit
 
@@ -200,9 +201,9 @@ class Settings(BaseSettings):
     call_state_ttl_seconds: Annotated[int, Field(ge=60)] = 3600
 
     temp_password_length: Annotated[int, Field(ge=8, le=64)] = 10
-    # Lowercase Latin letters and digits without look-alikes (i l o 0 1) or letters that are
-    # hard to dictate in Russian (j q w x y).
-    temp_password_alphabet: str = "abcdefghkmnprstuvz23456789"
+    # Lowercase Latin letters and digits without look-alikes (i l o 0 1) or letters that
+    # Russian callers mishear or write in Cyrillic when dictated (h c j q w x y, §3).
+    temp_password_alphabet: str = "abdefgkmnprstuvz23456789"
     temp_password_ttl_hours: Annotated[int, Field(ge=1, le=TEMP_PASSWORD_TTL_MAX_HOURS)] = 1
 
     menu_max_tries: Annotated[int, Field(ge=1, le=5)] = 3
@@ -234,9 +235,18 @@ class Settings(BaseSettings):
     rate_limit_replies_per_recovery: Annotated[int, Field(ge=1)] = 8
     rate_limit_global_replies_per_hour: Annotated[int, Field(ge=1)] = 1000
 
+    # TTS voices; SSML (<break>, <sub>, <prosody>) is used with Polly./Google. voices only.
     voice_ru: str = "Polly.Tatyana"
     voice_en: str = "Polly.Joanna"
+    # How long a menu waits for a key.
     gather_timeout_seconds: Annotated[int, Field(ge=3, le=30)] = 7
+    # How long the account number and code entry wait: the caller is finding the bill or
+    # reading the SMS on the phone in hand (§3).
+    entry_timeout_seconds: Annotated[int, Field(ge=15, le=60)] = 20
+    # Recorded prompts (§3): `<dir>/<language>/<prompt key>.wav|mp3` played instead of TTS.
+    # Served by the gateway at /audio, or from `prompt_audio_url` (a CDN with the same files).
+    prompt_audio_dir: Path | None = None
+    prompt_audio_url: str = ""
 
     # Outbound messages leave this long after the webhook's response, so that the response is
     # on its way before the CPU turns to the provider round trip (timing must not tell, §6.2).

@@ -150,7 +150,7 @@ class Schedule:
         return runs
 
     def describe(self, prompts: Catalogue, language: Language, *, short: bool = False) -> str:
-        """The hours in words: "с понедельника по пятницу с 8:00 до 20:00, в субботу …".
+        """The hours in words: "с понедельника по пятницу с восьми до двадцати, в субботу …".
 
         `short` is the compact form for SMS: "пн–пт 8:00–20:00, сб 10:00–16:00".
         """
@@ -173,15 +173,18 @@ class Schedule:
                     f"{prefix}times",
                     language,
                     days=days,
-                    opens=_clock_text(interval.opens),
-                    closes=_clock_text(interval.closes),
+                    opens=_clock_text(interval.opens, prompts, language, short),
+                    closes=_clock_text(interval.closes, prompts, language, short),
                 )
             )
         return prompts.text("hours.separator", language).join(parts)
 
 
-def _clock_text(minutes: int) -> str:
-    return f"{minutes // 60}:{minutes % 60:02d}"
+def _clock_text(minutes: int, prompts: Catalogue, language: Language, short: bool) -> str:
+    """Digits in an SMS ("8:00"); words when spoken ("с восьми до двадцати", §3)."""
+    if short:
+        return f"{minutes // 60}:{minutes % 60:02d}"
+    return prompts.clock(minutes, language)
 
 
 @cache

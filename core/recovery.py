@@ -279,7 +279,9 @@ class RecoveryService:
         if wait := await self._cap_wait(attempt.account_number):
             return _Clearance(Sent(SendOutcome.capped, wait))
         if not await self._cool_down(attempt.id, method):
-            return _Clearance(Sent(SendOutcome.cooldown))
+            return _Clearance(
+                Sent(SendOutcome.cooldown, await self._cool_down_left(attempt.id, method))
+            )
         destination = pick(await self._directory.lookup(attempt.account_number))
         permit = await self._send_permit(attempt, method, destination)
         if not permit.allowed:
@@ -542,6 +544,11 @@ class RecoveryService:
         if cooldown == 0:
             return True
         return await self._codes.cool_down(attempt_id, method, cooldown)
+
+    async def _cool_down_left(self, attempt_id: str, method: str) -> int:
+        """Seconds until the cool-down lets a new code go (said to the caller, §3)."""
+        left = int(await self._redis.ttl(f"cooldown:{attempt_id}:{method}"))
+        return left if left > 0 else self._settings.code_resend_cooldown_seconds
 
     async def _release_cool_down(self, attempt_id: str, method: str) -> None:
         await self._codes.end_cool_down(attempt_id, method)

@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -25,6 +26,7 @@ from gateway.console import install_console
 from gateway.logging import configure_logging
 from ivr.router import router as ivr_router
 from sms.router import router as sms_router
+from voice_prompts.recordings import AUDIO_PATH
 
 log = structlog.get_logger(__name__)
 
@@ -108,6 +110,13 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
     )
     app.include_router(ivr_router)
     app.include_router(sms_router)
+    if settings.prompt_audio_dir is not None and not settings.prompt_audio_url:
+        # Recorded prompts (§3), fetched by Twilio for <Play>: read-only files, GET only.
+        app.mount(
+            AUDIO_PATH,
+            StaticFiles(directory=settings.prompt_audio_dir, check_dir=False),
+            name="audio",
+        )
     # The operator console (/console/): signed-in operators, not Twilio webhooks.
     install_console(app)
 

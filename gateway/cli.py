@@ -25,6 +25,7 @@ from core.migrate import upgrade_database
 from gateway.cli_accounts import accounts_app
 from gateway.cli_audit import audit_app
 from gateway.cli_operators import operators_app
+from gateway.cli_prompts import prompts_app
 from gateway.cli_session import cli_session
 from gateway.simulator import OutboxItem, PhoneSimulator, RichConsoleIO
 from ivr.screens import Screens
@@ -43,6 +44,7 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(audit_app, name="audit")
 app.add_typer(operators_app, name="operators")  # the operator console's accounts
 app.add_typer(phone_app, name="phone")
+app.add_typer(prompts_app, name="prompts")
 
 console = Console(highlight=False)
 

@@ -87,6 +87,9 @@ class VoiceFlow:
             return
         keys = given.digits.rstrip("#")
         if given.empty:
+            if spec.on_silence:
+                self._go(call, spec.on_silence)
+                return
             if spec.silence_ends:
                 self._go(call, spec.exhausted)
                 return
@@ -98,12 +101,17 @@ class VoiceFlow:
         if given.speech and any(word in given.speech.lower() for word in OPERATOR_WORDS):
             await self._to_operator(call, Reason.caller_request)
             return
-        if spec.entry is Entry.account_number:
-            await self._account_entered(call, keys or self._spoken_digits(call, given))
-        elif spec.entry is Entry.code:
-            await self._code_entered(call, keys or self._spoken_digits(call, given))
-        else:
+        if spec.entry is None:
             await self._retry(call, "voice.invalid_key")
+            return
+        digits = keys or self._spoken_digits(call, given)
+        if not digits and given.speech:
+            # Speech that was not understood is not a wrong number: say so, not "не бывает".
+            await self._retry(call, "voice.speech_unclear")
+        elif spec.entry is Entry.account_number:
+            await self._account_entered(call, digits)
+        else:
+            await self._code_entered(call, digits)
 
     def _spoken_digits(self, call: CallSession, given: CallerInput) -> str:
         return speech_to_digits(given.speech, call.language) or "" if given.speech else ""
@@ -225,6 +233,8 @@ class VoiceFlow:
                 self._go(call, State.goodbye)
             case Action.leave_callback:
                 await self._leave_callback(call)
+            case Action.code_options:
+                self._go(call, State.code_options)
 
     # -- steps of the recovery --------------------------------------------------------------
 
@@ -272,6 +282,8 @@ class VoiceFlow:
         if await self._held_back(call, sent):
             return
         if sent.outcome is SendOutcome.cooldown:
+            # Said in seconds, and back to the code: the first code may still come (§3).
+            call.cooldown = sent.wait_seconds
             self._go(call, State.code_entry, "voice.code_resend_wait")
         else:
             call.verification = Verification.code_sent
@@ -279,7 +291,8 @@ class VoiceFlow:
 
     async def _held_back(self, call: CallSession, sent: Sent) -> bool:
         """A rate limit or the failure cap held the code back: the operator, not an error."""
-        call.wait_seconds = sent.wait_seconds
+        if sent.outcome in (SendOutcome.limited, SendOutcome.unavailable, SendOutcome.capped):
+            call.wait_seconds = sent.wait_seconds
         if sent.outcome in (SendOutcome.limited, SendOutcome.unavailable):
             await self._limit_reached(call)
         elif sent.outcome is SendOutcome.capped:
@@ -299,6 +312,7 @@ class VoiceFlow:
         if await self._held_back(call, sent):
             return
         if sent.outcome is SendOutcome.cooldown:
+            call.cooldown = sent.wait_seconds
             self._go(call, call.state, "voice.code_resend_wait")
         else:
             call.verification = Verification.code_sent

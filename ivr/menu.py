@@ -13,6 +13,8 @@ class State(StrEnum):
     account_confirm = "account_confirm"
     method_choice = "method_choice"
     code_entry = "code_entry"
+    # `*` (or silence) at the code step: a new code, the code by a call, or the operator.
+    code_options = "code_options"
     secret_ready = "secret_ready"
     call_arranged = "call_arranged"
     operator = "operator"
@@ -41,6 +43,7 @@ class Action(StrEnum):
     reveal_code = "reveal_code"
     finish = "finish"
     leave_callback = "leave_callback"
+    code_options = "code_options"
 
 
 class Entry(StrEnum):
@@ -62,6 +65,8 @@ class StateSpec:
     """One menu state: its prompt key, its keys, and the free-form entry it accepts."""
 
     prompt: str
+    # The short prompt said after silence or a wrong key (never the greeting again, §3).
+    reprompt: str | None = None
     keys: Mapping[str, Action] = field(default_factory=dict)
     entry: Entry | None = None
     speech: bool = False
@@ -70,6 +75,10 @@ class StateSpec:
     exhausted: State = State.operator
     # Silence moves straight on to `exhausted` (after a secret was read, silence means "done").
     silence_ends: bool = False
+    # Silence moves to this state without counting as a failure (the code step: its options).
+    on_silence: State | None = None
+    # The key that ends a multi-digit entry at once ("" for none).
+    finish_on_key: str = "#"
 
 
 ANY_MENU: Mapping[str, Action] = {"0": Action.operator, "*": Action.repeat}
@@ -77,6 +86,7 @@ ANY_MENU: Mapping[str, Action] = {"0": Action.operator, "*": Action.repeat}
 MENU: Mapping[State, StateSpec] = {
     State.main_menu: StateSpec(
         prompt="voice.main_menu",
+        reprompt="voice.main_menu_short",
         keys={
             **ANY_MENU,
             "1": Action.restore_password,
@@ -85,22 +95,42 @@ MENU: Mapping[State, StateSpec] = {
         },
     ),
     State.account_entry: StateSpec(
-        prompt="voice.account_entry", keys=ANY_MENU, entry=Entry.account_number, speech=True
+        prompt="voice.account_entry",
+        reprompt="voice.account_entry_short",
+        keys=ANY_MENU,
+        entry=Entry.account_number,
+        speech=True,
     ),
     State.account_confirm: StateSpec(
         prompt="voice.account_confirm",
+        reprompt="voice.account_confirm_short",
         keys={**ANY_MENU, "1": Action.confirm_account, "2": Action.reenter_account},
     ),
     State.method_choice: StateSpec(
         prompt="voice.method_choice",
+        reprompt="voice.method_choice_short",
         keys={**ANY_MENU, "1": Action.send_sms_code, "2": Action.call_me},
     ),
     State.code_entry: StateSpec(
         prompt="voice.code_entry",
-        # On the code prompt `*` asks for a new code (§3), not a repeat.
-        keys={"0": Action.operator, "*": Action.resend_code, "2": Action.call_me},
+        reprompt="voice.code_entry_short",
+        # A code may start with any digit: the only option key is `*`, which ends the entry at
+        # once (finishOnKey) and opens the options (§3). Twilio posts `*` alone as no digits,
+        # so silence opens them too; a caller without the SMS is not sent to the operator.
+        keys={"*": Action.code_options},
         entry=Entry.code,
         speech=True,
+        on_silence=State.code_options,
+        finish_on_key="*",
+    ),
+    State.code_options: StateSpec(
+        prompt="voice.code_options",
+        reprompt="voice.code_options_short",
+        keys={
+            **ANY_MENU,
+            "1": Action.resend_code,
+            "2": Action.call_me,
+        },
     ),
     State.secret_ready: StateSpec(
         prompt="voice.secret_repeat",
@@ -131,7 +161,11 @@ MENU: Mapping[State, StateSpec] = {
         exhausted=State.goodbye,
     ),
     State.verify_code: StateSpec(
-        prompt="voice.verify_code", keys=ANY_MENU, entry=Entry.code, speech=True
+        prompt="voice.verify_code_entry",
+        keys=ANY_MENU,
+        entry=Entry.code,
+        speech=True,
+        finish_on_key="",
     ),
 }
 
@@ -149,6 +183,7 @@ ACTION_TARGETS: Mapping[Action, frozenset[State]] = {
     Action.send_sms_code: frozenset({State.code_entry, State.method_choice, State.operator}),
     Action.call_me: frozenset({State.call_arranged, State.operator}),
     Action.resend_code: frozenset({State.code_entry, State.method_choice, State.operator}),
+    Action.code_options: frozenset({State.code_options}),
     Action.reveal_code: frozenset({State.verify_code, State.goodbye}),
     Action.finish: frozenset({State.goodbye}),
     Action.leave_callback: frozenset({State.callback_done}),
@@ -171,6 +206,8 @@ def successors(state: State) -> frozenset[State]:
     if spec.final:
         return frozenset()
     targets: set[State] = {state, spec.exhausted}
+    if spec.on_silence:
+        targets.add(spec.on_silence)
     for action in spec.keys.values():
         targets |= ACTION_TARGETS[action]
     if spec.entry:

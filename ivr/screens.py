@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from urllib.parse import urlencode
 
 from core.codes import CODE_DIGITS
@@ -16,19 +17,25 @@ from core.recovery import Purpose
 from ivr.menu import MENU, Entry, Final, State
 from ivr.session import CallSession
 from ivr.twiml import (
+    Break,
     DialSpec,
     Ending,
     EnqueueSpec,
     GatherSpec,
+    Part,
     Pause,
     QueueDialSpec,
     Screen,
     Speech,
+    Sub,
     Utterance,
 )
 from voice_prompts import Catalogue, Language
+from voice_prompts.recordings import AUDIO_PATH, load_recordings
 
-PASSWORD_GROUP = 4
+PASSWORD_GROUP = 5
+# The pause between the characters of a secret (SSML <break>): time to write each one down.
+CHARACTER_BREAK_MS = 250
 
 
 class Screens:
@@ -39,6 +46,8 @@ class Screens:
         self._keyring = keyring
         self._prompts = prompts
         self._schedule = Schedule.from_settings(settings)
+        base = settings.prompt_audio_url or settings.public_base_url.rstrip("/") + AUDIO_PATH
+        self._recordings = load_recordings(settings.prompt_audio_dir, base)
 
     def apology(self, call_sid: str, *, desk_open: bool = True) -> Screen:
         """A stateless apology and transfer, for when anything behind a webhook failed.
@@ -69,8 +78,8 @@ class Screens:
         lang = Language.ru
         return Screen(
             lines=[
-                self._say("voice.error_apology", lang),
-                self._say("voice.operator_transfer", lang),
+                Speech(self._prompts.text("voice.error_apology", lang), lang),
+                Speech(self._prompts.text("voice.operator_transfer", lang), lang),
             ],
             dial=DialSpec(number=self._settings.operator_number),
         )
@@ -85,74 +94,118 @@ class Screens:
         """What the caller hears in the call's current state."""
         spec = MENU[call.state]
         lang = call.language
-        params = {"wait": self._prompts.wait(call.wait_seconds, lang)} if call.wait_seconds else {}
-        lines: list[Utterance] = [self._say(key, lang, **params) for key in call.notices]
-        lines += self._state_lines(call)
-        if spec.final is Final.dial:
-            if self._settings.operator_route is OperatorRoute.enqueue:
-                return Screen(lines=lines, enqueue=self._enqueue(call))
-            return Screen(lines=lines, dial=self._dial(call))
-        if spec.final is Final.hangup:
+        params: dict[str, object] = {"seconds": self._prompts.seconds(call.cooldown, lang)}
+        if call.wait_seconds:
+            params["wait"] = self._prompts.wait(call.wait_seconds, lang)
+        notices: list[Utterance] = [self._say(key, lang, **params) for key in call.notices]
+        secret = self._secret_lines(call)
+        if spec.final is not None:
+            lines = notices + self._state_lines(call)
+            if spec.final is Final.dial:
+                if self._settings.operator_route is OperatorRoute.enqueue:
+                    return Screen(lines=lines, enqueue=self._enqueue(call))
+                return Screen(lines=lines, dial=self._dial(call))
             if call.state is not State.goodbye:
                 lines.append(self._say("voice.goodbye", lang))
             return Screen(lines=lines, ending=Ending.hangup)
+        # A secret is said before the Gather, where a stray key cannot cut it off (§3); the
+        # notices go first (before it, or inside the Gather with the prompt).
+        before = tuple(notices + secret) if secret else ()
+        lines = self._state_lines(call, brief=bool(call.tries and call.notices))
         gather = GatherSpec(
             action=f"/ivr/step?{urlencode({'s': call.step})}",
             language=lang,
             speech=spec.speech,
-            # Keys end with `#`, or on their own once the longest account number is keyed (§3).
+            # Keys end with the finish key, or on their own once the entry is full (§3).
             num_digits={
                 None: 1,
                 Entry.code: CODE_DIGITS,
                 Entry.account_number: self._settings.account_number_max_length,
             }[spec.entry],
-            finish_on_key="" if spec.entry is Entry.code else "#",
+            finish_on_key=spec.finish_on_key,
+            timeout=self._settings.entry_timeout_seconds if spec.entry else None,
+            before=before,
         )
         # After the tries run out, or silence after a secret was read, the call moves on by itself.
-        return Screen(lines=lines, gather=gather)
+        return Screen(lines=lines if secret else notices + lines, gather=gather)
+
+    def sentence(self, key: str, language: Language, **params: object) -> Speech:
+        """One catalogue sentence as it is said (recording, SSML marks): for `prompts report`."""
+        return self._say(key, language, **params)
 
     def _say(self, key: str, language: Language, **params: object) -> Speech:
-        return Speech(self._prompts.text(key, language, **params), language)
+        """A sentence from the catalogue: a recording when there is one, else TTS (§3)."""
+        template = self._prompts.text(key, language)
+        text = self._prompts.text(key, language, **params) if "{" in template else template
+        audio = None if "{" in template else self._recordings.url(key, language.value)
+        return Speech(text, language, parts=self._marked(text, language), audio=audio)
 
-    def _state_lines(self, call: CallSession) -> list[Utterance]:
+    def _marked(self, text: str, language: Language) -> tuple[Part, ...]:
+        """The text with its abbreviations as SSML <sub> ("ЕИРЦ" said "е-и-эр-цэ")."""
+        subs = {k: v for k, v in self._prompts.substitutions(language).items() if k in text}
+        if not subs:
+            return ()
+        pattern = re.compile("|".join(re.escape(k) for k in sorted(subs, key=len, reverse=True)))
+        parts: list[Part] = []
+        position = 0
+        for match in pattern.finditer(text):
+            parts += [text[position : match.start()], Sub(match.group(), subs[match.group()])]
+            position = match.end()
+        parts.append(text[position:])
+        return tuple(part for part in parts if part != "")
+
+    def _spelled(self, key: str, language: Language, secret: str, **params: object) -> Speech:
+        """A sentence with a secret in it, character by character with breaks, a little slower."""
+        template = self._prompts.text(key, language, **params, characters="\0")
+        head, _, tail = template.partition("\0")
+        names = self._prompts.spelled(secret, language)
+        separator = self._prompts.text("spelling.separator", language)
+        parts: list[Part] = [head]
+        for index, name in enumerate(names):
+            if index:
+                parts += [separator, Break(CHARACTER_BREAK_MS)]
+            parts.append(name)
+        parts.append(tail)
+        text = head + separator.join(names) + tail
+        return Speech(text, language, parts=tuple(p for p in parts if p != ""), slow=True)
+
+    def _state_lines(self, call: CallSession, *, brief: bool = False) -> list[Utterance]:
         lang = call.language
+        spec = MENU[call.state]
         match call.state:
             case State.main_menu:
                 offer = (
                     [] if lang is Language.en else [self._say("voice.english_offer", Language.en)]
                 )
-                return [self._say("voice.main_menu", lang), *offer]
-            case State.account_confirm:
+                key = spec.reprompt if brief and spec.reprompt else spec.prompt
+                return [self._say(key, lang), *offer]
+            case State.account_confirm if not brief:
                 digits = self._prompts.digits(call.account or "", lang)
                 return [self._say("voice.account_confirm", lang, digits=digits)]
-            case State.verify_code:
-                code = self._keyring.unseal(call.sealed or "") or ""
-                spoken = self._prompts.digits(code, lang)
-                return [self._say("voice.verify_code", lang, code=spoken)]
-            case State.secret_ready:
-                return self._secret_lines(call)
             case State.after_hours:
                 return [self._say("voice.after_hours", lang, hours=self.hours(lang))]
             case _:
-                return [self._say(MENU[call.state].prompt, lang)]
+                key = spec.reprompt if brief and spec.reprompt else spec.prompt
+                return [self._say(key, lang)]
 
     def _secret_lines(self, call: CallSession) -> list[Utterance]:
+        """The code, password or login of this state (said outside any Gather), or nothing."""
+        if call.state not in (State.secret_ready, State.verify_code):
+            return []
         lang = call.language
         secret = self._keyring.unseal(call.sealed or "") or ""
+        if call.state is State.verify_code:
+            spoken = self._prompts.digits(secret, lang)
+            line = self._say("voice.verify_code", lang, code=spoken)
+            return [Speech(line.text, lang, parts=line.parts, slow=True)]
         lines: list[Utterance] = []
         if call.purpose == Purpose.password:
-            lines.append(self._say("voice.password_ready", lang, length=len(secret)))
+            length = self._prompts.count("hours.characters", len(secret), lang)
+            lines.append(self._say("voice.password_ready", lang, length=length))
             groups = [secret[i : i + PASSWORD_GROUP] for i in range(0, len(secret), PASSWORD_GROUP)]
             for index, group in enumerate(groups):
-                lines.append(
-                    self._say(
-                        "voice.password_group",
-                        lang,
-                        number=self._prompts.group_number(index, lang),
-                        characters=self._prompts.spell(group, lang),
-                    )
-                )
-                lines.append(Pause(1))
+                number = self._prompts.group_number(index, lang)
+                lines.append(self._spelled("voice.password_group", lang, group, number=number))
             lines.append(
                 self._say(
                     "voice.password_rules",
@@ -163,12 +216,9 @@ class Screens:
                 )
             )
         else:
-            lines.append(
-                self._say("voice.login_ready", lang, characters=self._prompts.spell(secret, lang))
-            )
+            lines.append(self._spelled("voice.login_ready", lang, secret))
         if call.secret_by_sms:
             lines.append(self._say("voice.also_sent_sms", lang))
-        lines.append(self._say("voice.secret_repeat", lang))
         return lines
 
     def _dial(self, call: CallSession) -> DialSpec:

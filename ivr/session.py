@@ -42,6 +42,8 @@ class CallSession:
     escalation_id: int | None = None
     # When a limit or the failure cap held the caller back: seconds until self-service reopens.
     wait_seconds: int = 0
+    # Seconds until a new code may be sent (the resend cool-down), for the notice that says so.
+    cooldown: int = 0
 
     def __repr__(self) -> str:
         return (
@@ -98,6 +100,7 @@ _SHORT = {
     "wrong_codes": "w",
     "escalation_id": "i",
     "wait_seconds": "z",
+    "cooldown": "k",
 }
 _LONG = {short: name for name, short in _SHORT.items()}
 
@@ -137,6 +140,7 @@ _PARSE: dict[str, Callable[[str], object]] = {
     "wrong_codes": int,
     "escalation_id": _optional_int,
     "wait_seconds": int,
+    "cooldown": int,
 }
 
 # KEYS: the call's hash. ARGV: the step. The hash holds the session's fields (the current step

@@ -5,18 +5,54 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from twilio.twiml.voice_response import Gather, VoiceResponse
+from twilio.twiml import TwiML
+from twilio.twiml.voice_response import Gather, SsmlBreak, SsmlSub, VoiceResponse
 
 from core.config import Settings
 from voice_prompts import Language
 
 
 @dataclass(frozen=True, slots=True)
+class Break:
+    """A short silence inside a sentence (SSML <break>): between the characters of a secret."""
+
+    ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sub:
+    """Words said otherwise than written (SSML <sub>): "ЕИРЦ" said "е-и-эр-цэ"."""
+
+    text: str
+    alias: str
+
+
+Part = str | Break | Sub
+
+
+@dataclass(frozen=True, slots=True)
 class Speech:
-    """One sentence in one language."""
+    """One sentence in one language.
+
+    `text` is what is said, as written; `parts` the same with SSML marks (breaks, substitutions)
+    where they help; `slow` says it a little slower (a secret); `audio` is the URL of a
+    recorded prompt played instead.
+    """
 
     text: str
     language: Language
+    parts: tuple[Part, ...] = ()
+    slow: bool = False
+    audio: str | None = None
+
+    def plain(self) -> str:
+        """The text for a voice without SSML: substitutions spelled out, breaks left out."""
+        if not self.parts:
+            return self.text
+        return "".join(
+            part if isinstance(part, str) else part.alias if isinstance(part, Sub) else ""
+            for part in self.parts
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +82,8 @@ class GatherSpec:
     # Silence posts an empty answer (the menu); the queue's hold prompt just ends and repeats.
     on_empty: bool = True
     timeout: int | None = None
+    # Said before the Gather, where no key can cut it off (a secret, §3).
+    before: tuple[Utterance, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +138,11 @@ class Screen:
     redirect: str | None = None
 
 
+# Twilio speaks SSML only with these voices (Amazon Polly, Google); others get plain text.
+SSML_VOICE_PREFIXES = ("Polly.", "Google.")
+SECRET_RATE = "90%"
+
+
 class Renderer:
     """Turns screens into TwiML strings."""
 
@@ -107,11 +150,29 @@ class Renderer:
         self._voices = {Language.ru: settings.voice_ru, Language.en: settings.voice_en}
         self._timeout = settings.gather_timeout_seconds
 
+    def _ssml(self, language: Language) -> bool:
+        return self._voices[language].startswith(SSML_VOICE_PREFIXES)
+
     def _say(self, target: VoiceResponse | Gather, line: Utterance) -> None:
         if isinstance(line, Pause):
             target.pause(length=line.seconds)
-        else:
-            target.say(line.text, language=line.language.tts, voice=self._voices[line.language])
+            return
+        if line.audio:
+            target.play(line.audio)
+            return
+        voice = self._voices[line.language]
+        if not self._ssml(line.language) or not (line.parts or line.slow):
+            target.say(line.plain(), language=line.language.tts, voice=voice)
+            return
+        say = target.say(language=line.language.tts, voice=voice)
+        holder: TwiML = say.prosody(rate=SECRET_RATE) if line.slow else say
+        for part in _merged(line.parts or (line.text,)):
+            if isinstance(part, Break):
+                holder.nest(SsmlBreak(time=f"{part.ms}ms"))
+            elif isinstance(part, Sub):
+                holder.nest(SsmlSub(part.text, alias=part.alias))
+            else:
+                holder.nest(part)
 
     def render(self, screen: Screen) -> str:
         """The TwiML document for a screen."""
@@ -132,6 +193,8 @@ class Renderer:
             if spec.speech:
                 options["language"] = spec.language.tts
                 options["speech_timeout"] = "auto"
+            for line in spec.before:
+                self._say(response, line)
             gather = response.gather(**options)
             for line in screen.lines:
                 self._say(gather, line)
@@ -172,3 +235,14 @@ class Renderer:
         elif screen.ending is Ending.hangup:
             response.hangup()
         return str(response)
+
+
+def _merged(parts: tuple[Part, ...]) -> list[Part]:
+    """Adjacent strings joined: the builder keeps only the last text after an element."""
+    merged: list[Part] = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] = merged[-1] + part
+        elif part != "":
+            merged.append(part)
+    return merged

@@ -82,8 +82,8 @@ class Call:
 
     @property
     def text(self) -> str:
-        """Everything said in the current document."""
-        return " ".join(say.text or "" for say in self.twiml.iter("Say"))
+        """Everything said in the current document (SSML marks inside a Say read as their text)."""
+        return " ".join("".join(say.itertext()) for say in self.twiml.iter("Say"))
 
     def verbs(self) -> list[str]:
         """Top-level verbs of the current document."""

@@ -56,6 +56,14 @@ class Catalogue:
 
     def spell(self, characters: str, language: Language) -> str:
         """Characters one by one, letters with a word that starts with them."""
+        return self._separator(language).join(self.spelled(characters, language))
+
+    def spelled(self, characters: str, language: Language) -> list[str]:
+        """How each character is said: digits by name, letters with a word ("эм, как Мария").
+
+        Letters Russian callers would write in Cyrillic after the word (h, c, j, q, w, x, y)
+        are said as "латинская эйч", without a word.
+        """
         spelling = cast(dict[str, object], self._tables[language]["spelling"])
         letters = cast(dict[str, list[str]], spelling["letters"])
         template = cast(str, spelling["letter"])
@@ -66,12 +74,50 @@ class Catalogue:
             if char.isdigit():
                 parts.append(digit_names[int(char)])
             elif char.lower() in letters:
-                name, word = letters[char.lower()]
-                parts.append(template.format(name=name, word=word))
+                said = letters[char.lower()]
+                parts.append(
+                    template.format(name=said[0], word=said[1]) if len(said) > 1 else said[0]
+                )
             else:
                 parts.append(symbols.get(char, char))
-        # A full stop after each character gives TTS a pause; capitals read better after it.
-        return ". ".join(part[:1].upper() + part[1:] for part in parts)
+        return parts
+
+    def substitutions(self, language: Language) -> dict[str, str]:
+        """Abbreviations and how they are said ("ЕИРЦ" → "е-и-эр-цэ"), for SSML <sub>."""
+        table = self._tables[language].get("say_as", {})
+        return (
+            {k: v for k, v in table.items() if isinstance(v, str)}
+            if isinstance(table, dict)
+            else {}
+        )
+
+    def genitive(self, number: int, language: Language) -> str:
+        """A number in words in the genitive ("из десяти", "с восьми"); English: the digits."""
+        if language is not Language.ru or not 0 <= number < 100:
+            return str(number)
+        units = self.words("numbers.genitive", language)
+        if number < 20:
+            return units[number]
+        tens = self.words("numbers.genitive_tens", language)[number // 10 - 2]
+        return tens if number % 10 == 0 else f"{tens} {units[number % 10]}"
+
+    def clock(self, minutes: int, language: Language) -> str:
+        """A time of day as people say it: "восьми", "восьми тридцати" / "8 a.m.", "8:30 p.m."."""
+        hour, minute = divmod(minutes, 60)
+        if language is Language.ru:
+            said = self.genitive(hour, language)
+            if minute:
+                zero = self.words("spelling.digits", language)[0] + " " if minute < 10 else ""
+                said += f" {zero}{self.genitive(minute, language)}"
+            return said
+        names = self.words("numbers.clock", language)
+        if minute == 0 and hour in (0, 24):
+            return names[0]
+        if minute == 0 and hour == 12:
+            return names[1]
+        suffix = names[2] if hour % 24 < 12 else names[3]
+        shown = hour % 12 or 12
+        return f"{shown}{f':{minute:02d}' if minute else ''} {suffix}"
 
     def group_number(self, index: int, language: Language) -> str:
         """The spoken ordinal of a password group (0-based index)."""
@@ -86,7 +132,11 @@ class Catalogue:
         return cast(list[str], words)
 
     def count(self, key: str, number: int, language: Language) -> str:
-        """A number with its noun in the right plural form ("1 минута", "5 минут")."""
+        """A number with its noun in the right plural form ("1 минута", "5 минут").
+
+        Forms may say the number as `{count}` (digits) or `{words}` (the genitive in words:
+        "из десяти знаков", "из двадцати одного знака").
+        """
         forms = self.words(key, language)
         if language is Language.ru:
             ones, tens = number % 10, number % 100
@@ -98,7 +148,11 @@ class Catalogue:
                 form = 2
         else:
             form = 0 if number == 1 else 1
-        return forms[form].format(count=number)
+        return forms[form].format(count=number, words=self.genitive(number, language))
+
+    def seconds(self, seconds: int, language: Language) -> str:
+        """A short wait in seconds, after "через": "1 секунду", "25 секунд"."""
+        return self.count("hours.in_seconds", max(1, seconds), language)
 
     def wait(self, seconds: int, language: Language) -> str:
         """A wait in words, rounded up: minutes below an hour, else hours ("23 часа")."""

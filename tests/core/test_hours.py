@@ -135,15 +135,21 @@ def test_official_russian_holidays() -> None:
 def test_the_hours_in_words() -> None:
     desk = schedule()
     assert desk.describe(PROMPTS, Language.ru) == (
-        "с понедельника по пятницу с 8:00 до 20:00, в субботу с 10:00 до 16:00"
+        "с понедельника по пятницу с восьми до двадцати, в субботу с десяти до шестнадцати"
     )
     assert desk.describe(PROMPTS, Language.en) == (
-        "Monday to Friday, 8:00 to 20:00; on Saturday, 10:00 to 16:00"
+        "Monday to Friday, 8 a.m. to 8 p.m.; on Saturday, 10 a.m. to 4 p.m."
     )
     assert desk.describe(PROMPTS, Language.ru, short=True) == "пн–пт 8:00–20:00, сб 10:00–16:00"
     assert schedule("").describe(PROMPTS, Language.ru) == "круглосуточно"
     # Days with the same hours that are not next to each other are named separately.
     split = schedule("mon 09:00-18:00; wed-thu 09:00-18:00")
+    assert schedule("mon 08:30-24:00").describe(PROMPTS, Language.ru) == (
+        "в понедельник с восьми тридцати до двадцати четырёх"
+    )
+    assert schedule("mon 00:00-12:05").describe(PROMPTS, Language.en) == (
+        "on Monday, midnight to 12:05 p.m."
+    )
     assert split.describe(PROMPTS, Language.ru, short=True) == ("пн 9:00–18:00, ср–чт 9:00–18:00")
 
 

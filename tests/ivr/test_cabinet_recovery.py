@@ -79,7 +79,7 @@ async def test_a_cabinet_answering_503_gets_the_resident_no_password_and_the_ope
     await call.press(last_code(cabinet_gateway))
     assert ru("voice.error_apology") in call.text
     assert call.verbs()[-1] in ("Dial", "Enqueue")
-    assert "Группа" not in call.text and ru("voice.secret_repeat") not in call.text
+    assert "Первая группа" not in call.text and ru("voice.secret_repeat") not in call.text
     assert [m for m in cabinet_gateway.messenger.sent if m.purpose == "password"] == []
     cabinet.failing.clear()
     assert await cabinet.sign_in(MOBILE_ONLY, INITIAL_PASSWORD) == "/cabinet"

@@ -117,7 +117,7 @@ class DeskCall:
 
     @property
     def text(self) -> str:
-        return " ".join(say.text or "" for say in self.document.iter("Say"))
+        return " ".join("".join(say.itertext()) for say in self.document.iter("Say"))
 
     @property
     def bridges(self) -> bool:

@@ -139,11 +139,17 @@ def test_any_menu_zero_is_operator_and_star_repeats(state: State) -> None:
     assert keys.get("*") is Action.repeat
 
 
-def test_code_entry_star_resends_and_two_switches_to_a_call() -> None:
-    keys = MENU[State.code_entry].keys
-    assert keys.get("0") is Action.operator
-    assert keys.get("*") is Action.resend_code
-    assert keys.get("2") is Action.call_me
+def test_code_entry_star_opens_the_options_at_once() -> None:
+    """§3: a code may start with any digit, so its only option key is `*`, the finish key."""
+    spec = MENU[State.code_entry]
+    assert dict(spec.keys) == {"*": Action.code_options}
+    assert spec.finish_on_key == "*"
+    # Twilio posts `*` alone as no digits: silence opens the options too, never the operator.
+    assert spec.on_silence is State.code_options
+    options = MENU[State.code_options].keys
+    assert options.get("1") is Action.resend_code
+    assert options.get("2") is Action.call_me
+    assert options.get("0") is Action.operator
 
 
 def test_account_and_code_entry_accept_speech() -> None:
@@ -315,7 +321,7 @@ def check_says(settings: Settings, document: ET.Element, language: Language) -> 
     texts: list[str] = []
     for say in document.iter("Say"):
         tag = say.get("language")
-        text = say.text or ""
+        text = "".join(say.itertext())
         assert tag in voices, tag
         assert say.get("voice") == voices[tag], (tag, say.get("voice"))
         assert text.strip() and "{" not in text and "}" not in text, text
@@ -354,7 +360,10 @@ def test_every_screen_renders(
     gathers = list(document.iter("Gather"))
     verbs = [child.tag for child in document]
     if spec.final is None:
-        assert len(gathers) == 1 and verbs == ["Gather"], verbs
+        # A secret is said before the Gather (§3); everything else inside it.
+        secret = state in (State.secret_ready, State.verify_code)
+        assert len(gathers) == 1 and verbs[-1] == "Gather", verbs
+        assert set(verbs[:-1]) <= ({"Say"} if secret else set()), verbs
         gather = gathers[0]
         assert f"s={call.step}" in (gather.get("action") or "")
         assert gather.get("method") == "POST"
@@ -375,16 +384,16 @@ def test_every_screen_renders(
 def test_secret_screens_say_the_secret(menu_settings: Settings, catalogue: Catalogue) -> None:
     """The samples above really reach the secret lines (so the checks cover them)."""
     keyring = Keyring(menu_settings)
-    for purpose, needle in ((Purpose.password, "Группа"), (Purpose.login, "логин")):
+    for purpose, needle in ((Purpose.password, "Первая группа"), (Purpose.login, "логин")):
         call = sample_call(State.secret_ready, Language.ru, keyring, purpose)
         text = " ".join(
-            say.text or "" for say in render(menu_settings, catalogue, call).iter("Say")
+            "".join(say.itertext()) for say in render(menu_settings, catalogue, call).iter("Say")
         )
         assert needle in text
-        assert "Мы отправили его в СМС" in text
+        assert catalogue.text("voice.also_sent_sms", Language.ru) in text
     code_call = sample_call(State.verify_code, Language.ru, keyring, Purpose.password)
     text = " ".join(
-        say.text or "" for say in render(menu_settings, catalogue, code_call).iter("Say")
+        "".join(say.itertext()) for say in render(menu_settings, catalogue, code_call).iter("Say")
     )
     assert catalogue.digits(SAMPLE_CODE, Language.ru) in text
 
@@ -413,7 +422,8 @@ def test_every_notice_renders(
         document = render(menu_settings, catalogue, call)
         texts = check_says(menu_settings, document, language)
         wait = catalogue.wait(7200, language)
-        assert texts[0] == catalogue.text(notice, language, wait=wait), notice
+        seconds = catalogue.seconds(0, language)
+        assert texts[0] == catalogue.text(notice, language, wait=wait, seconds=seconds), notice
 
 
 @pytest.mark.parametrize("reason", [*sorted(GIVEN_REASONS), None])

@@ -262,7 +262,7 @@ async def desk(call: DeskCall) -> ET.Element:
 
 
 def spoken(document: ET.Element) -> str:
-    return " ".join(say.text or "" for say in document.iter("Say"))
+    return " ".join("".join(say.itertext()) for say in document.iter("Say"))
 
 
 async def test_the_desk_holds_while_nobody_waits(desk_call: DeskCall) -> None:

@@ -63,7 +63,7 @@ async def test_sms_code_recovery_through_the_twilio_contract(
     await call.press(MOBILE_ONLY + "#")
     await call.press("1")
     await call.press("1")
-    assert "Мы отправили СМС" in call.text
+    assert "Код отправлен в СМС" in call.text
     code = messenger.texts[-1].split("код ")[1][:6]
     await call.press(code)
     assert "Готово" in call.text
@@ -116,7 +116,7 @@ async def test_an_unreachable_twilio_is_told_honestly_with_the_call_offered(
             await call.press("1")
             # The answer never waits for the provider; the next prompt offers the call as always.
             await call.press("12")
-    assert load_catalogue().text("voice.code_entry", Language.ru) in call.text
+    assert load_catalogue().text("voice.code_entry_short", Language.ru) in call.text
     assert call.gather.get("action")
     engine = create_engine(settings.database_url)
     async with create_sessionmaker(engine)() as session:

@@ -133,7 +133,7 @@ async def answer_at(call: Call, path: str, **answer: str) -> httpx.Response:
 
 
 def says(body: str) -> str:
-    return " ".join(say.text or "" for say in ET.fromstring(body).iter("Say"))
+    return " ".join("".join(say.itertext()) for say in ET.fromstring(body).iter("Say"))
 
 
 def text(value: bytes | str | None) -> str:
@@ -237,7 +237,7 @@ async def at_code_entry(gateway: Gateway, account: str = MOBILE_ONLY, caller: st
 async def at_secret_ready(gateway: Gateway) -> Call:
     call = await at_code_entry(gateway)
     await call.press(last_code(gateway))
-    assert ru("voice.secret_repeat") in call.text and "Группа" in call.text
+    assert ru("voice.secret_repeat") in call.text and "Первая группа" in call.text
     return call
 
 
@@ -584,7 +584,12 @@ async def test_bad_account_entry_reprompts_then_transfers(
             if len(value) > 3:
                 assert value not in ET.tostring(call.twiml, encoding="unicode")
         if attempt < tries:
-            assert ru("voice.account_entry") in call.text, call.text
+            # A short re-prompt (§3): "не бывает" only for keys, never for speech not understood.
+            assert ru("voice.account_entry_short") in call.text, call.text
+            assert ru("voice.account_entry") not in call.text
+            notice = "voice.speech_unclear" if "SpeechResult" in answer else "voice.account_invalid"
+            if answer.get("SpeechResult") or answer.get("Digits"):
+                assert ru(notice) in call.text, call.text
             assert call.gather.get("input") == "dtmf speech"
     assert ru("voice.too_many_tries") in call.text
     whisper = await fetch_whisper(gateway, call)
@@ -596,14 +601,16 @@ async def test_bad_key_in_the_main_menu_reprompts(gateway: Gateway, answer: dict
     call = await at_main_menu(gateway)
     await call._answer(**answer)
     assert ru("voice.invalid_key") in call.text
-    assert ru("voice.main_menu") in call.text and call.gather is not None
+    # The short menu, never the greeting again (§3).
+    assert ru("voice.main_menu_short") in call.text and call.gather is not None
+    assert ru("voice.main_menu") not in call.text
 
 
 async def test_silence_in_account_entry_ends_with_the_operator(gateway: Gateway) -> None:
     call = await at_account_entry(gateway)
     for _ in range(gateway.settings.menu_max_tries - 1):
         await call.silence()
-        assert ru("voice.no_input") in call.text and ru("voice.account_entry") in call.text
+        assert ru("voice.no_input") in call.text and ru("voice.account_entry_short") in call.text
     await call.silence()
     whisper = await fetch_whisper(gateway, call)
     assert ru("whisper.reason_retries_exhausted") in whisper
@@ -626,6 +633,9 @@ async def test_whisper_after_retries_masks_the_account(gateway: Gateway) -> None
 @pytest.mark.parametrize("state", list(DRIVERS))
 async def test_zero_reaches_the_operator_from_every_menu(gateway: Gateway, state: State) -> None:
     call = await DRIVERS[state](gateway)
+    if state is State.code_entry:
+        # Digits belong to the code: `*` opens the options, `0` among them (§3).
+        await call.press("*")
     await call.press("0")
     assert ru("voice.operator_transfer") in call.text
     whisper = await fetch_whisper(gateway, call)
@@ -690,7 +700,7 @@ async def test_replayed_wrong_code_does_not_eat_a_try(gateway: Gateway) -> None:
         replay = await answer_at(call, path, Digits=other_code(code))
         assert says(replay.text) == call.text
     await call.press(code)
-    assert "Группа" in call.text, call.text
+    assert "Первая группа" in call.text, call.text
     assert len(gateway.messenger.to(MOBILE)) == 2  # the code, then the password
 
 
@@ -734,18 +744,27 @@ async def test_expired_code_is_no_longer_valid(gateway: Gateway, redis: Redis) -
     await expire_codes(redis, expected=1)
     await call.press(code)
     assert ru("voice.code_expired") in call.text
-    assert "Группа" not in call.text and "Готово" not in call.text
+    assert "группа" not in call.text and "Готово" not in call.text
     assert len(gateway.messenger.to(MOBILE)) == 1  # no password was sent
 
 
 async def test_resend_respects_the_cool_down(gateway: Gateway) -> None:
     call = await at_code_entry(gateway)
     await call.press("*")
-    assert ru("voice.code_resend_wait") in call.text
-    assert ru("voice.code_entry") in call.text
+    await call.press("1")
+    # The wait is said in seconds, and the call goes back to the code (the SMS may yet come).
+    seconds = gateway.settings.code_resend_cooldown_seconds
+    said = [
+        ru("voice.code_resend_wait", seconds=PROMPTS.seconds(left, Language.ru))
+        for left in range(1, seconds + 1)
+    ]
+    assert any(text in call.text for text in said), call.text
+    assert "минут" not in call.text
+    assert ru("voice.code_entry_short") in call.text or ru("voice.code_entry") in call.text
     assert len(gateway.messenger.to(MOBILE)) == 1
     await call.press("*")
-    assert ru("voice.code_resend_wait") in call.text
+    await call.press("1")
+    assert any(text in call.text for text in said), call.text
     assert len(gateway.messenger.to(MOBILE)) == 1
 
 
@@ -754,6 +773,7 @@ async def test_resend_after_the_cool_down_sends_a_new_code(gateway: Gateway, red
     first = last_code(gateway)
     await end_cool_downs(redis)  # the cool-down has passed
     await call.press("*")
+    await call.press("1")
     assert ru("voice.code_resent") in call.text
     assert len(gateway.messenger.to(MOBILE)) == 2
     second = last_code(gateway)
@@ -761,7 +781,7 @@ async def test_resend_after_the_cool_down_sends_a_new_code(gateway: Gateway, red
         await call.press(first)
         assert ru("voice.code_wrong") in call.text  # the old code was replaced
     await call.press(second)
-    assert "Группа" in call.text
+    assert "Первая группа" in call.text
 
 
 # -- §6.2 enumeration ---------------------------------------------------------------------
@@ -916,8 +936,9 @@ async def test_provider_failure_is_recorded_and_the_call_is_offered_as_always(
     events = await audit_events(gateway.settings)
     assert [e for e, _ in events] == ["recovery.started", "code.sent_sms", "code.undelivered"]
     await call.press("12")
-    assert ru("voice.code_malformed") in call.text and ru("voice.code_entry") in call.text
+    assert ru("voice.code_malformed") in call.text and ru("voice.code_entry_short") in call.text
     gateway.messenger.fail = False
+    await call.press("*")
     await call.press("2")
     assert call.verbs()[-1] == "Hangup"
     assert len(gateway.messenger.to(MOBILE, "call")) == 1
@@ -927,6 +948,7 @@ async def test_the_call_back_is_not_held_up_by_the_sms_cool_down(gateway: Gatewa
     call = await at_method_choice(gateway)
     await call.press("1")
     # The SMS may be blocked by the operator (§10): switching to a call works at once.
+    await call.press("*")
     await call.press("2")
     assert call.verbs()[-1] == "Hangup"
     assert len(gateway.messenger.to(LANDLINE, "call") + gateway.messenger.to(MOBILE, "call")) == 1

@@ -163,7 +163,7 @@ class Run:
         code = self.last_code(MOBILE)
         await call.press(f"{(int(code) + 1) % 10**6:06d}")  # one wrong try first
         await call.press(code)
-        assert "Группа" in call.text
+        assert "Первая группа" in call.text
         self.found.passwords.add(await self.sealed(call))
         await call.press("*")
         await call.press("1")
@@ -190,7 +190,7 @@ class Run:
         await callback.press("*")
         await callback.press(f"{(int(code) + 1) % 10**6:06d}")
         await callback.press(code)
-        assert "Группа" in callback.text
+        assert "Первая группа" in callback.text
         self.found.passwords.add(await self.sealed(callback))
         await self.end(callback)
         await self.end(call)

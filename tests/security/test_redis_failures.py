@@ -170,7 +170,7 @@ async def assert_recovery_works(gateway: Gateway) -> None:
     """A whole recovery by voice, from a new call: Redis is back, and so is the service."""
     call = await at_code_entry(gateway)
     await call.press(last_code(gateway))
-    assert "Группа" in call.text, call.text
+    assert "Первая группа" in call.text, call.text
     assert purposes(gateway)[-1] == "password"
 
 
@@ -253,7 +253,7 @@ async def test_a_failure_after_the_password_was_issued_rolls_it_back(
     outage.start(SAVE_CALL)
     await call.press(last_code(gateway))
     assert outage.failed == 1
-    assert ru("voice.error_apology") in call.text and "Группа" not in call.text
+    assert ru("voice.error_apology") in call.text and "Первая группа" not in call.text
     assert_operator_dial(call, gateway)
     assert await credential_state(gateway.settings, MOBILE_ONLY) == before
     assert purposes(gateway) == ["code"]

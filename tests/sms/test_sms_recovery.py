@@ -269,7 +269,7 @@ async def code_prompts(gateway: Gateway, account: str, bounce: bool) -> list[str
         assert await status(gateway, row.provider_sid or "", "failed", "30007") == 204
         assert (await code_row(gateway)).status == "failed"
     documents = []
-    for keys in ("12", wrong_code(gateway, MOBILE) if bounce else "000000", "2"):
+    for keys in ("12", wrong_code(gateway, MOBILE) if bounce else "000000", "*", "2"):
         await call.press(keys)
         documents.append(call.raw)
     return documents
@@ -278,11 +278,12 @@ async def code_prompts(gateway: Gateway, account: str, bounce: bool) -> list[str
 async def test_a_bounced_code_changes_nothing_on_the_hotline(gateway: Gateway) -> None:
     """The code prompt offers the call to everybody ("если СМС не пришло"); a bounce is
     recorded and changes not a byte of what the caller hears (§4, §6.2)."""
-    assert "Если СМС не пришло" in PROMPTS.text("voice.code_entry", Language.ru)
+    for key in ("voice.code_entry", "voice.code_entry_short"):
+        assert "Если СМС не пришло" in PROMPTS.text(key, Language.ru)
     bounced = await code_prompts(gateway, MOBILE_ONLY, bounce=True)
     unknown = await code_prompts(gateway, UNKNOWN, bounce=False)
     assert bounced == unknown
-    assert PROMPTS.text("voice.code_entry", Language.ru) in bounced[0]
+    assert PROMPTS.text("voice.code_entry_short", Language.ru) in bounced[0]
     assert len(gateway.messenger.to(MOBILE, "call")) == 1
 
 
