@@ -70,6 +70,9 @@ class Sent:
 
     outcome: SendOutcome
     wait_seconds: int = 0
+    # The code went to the requester's own number (an SMS sender that is a mobile on file):
+    # that message is the reply to the request (§4), and no other reply is needed.
+    to_requester: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,9 +231,11 @@ class RecoveryService:
 
         Voice: the first mobile on file. SMS channel: `only_to` is the sender, who gets the code
         only when that number is itself a mobile on file — never merely for having texted (§6.3).
-        Fails closed: every Redis step (limits, cool-down, the code) comes before the SMS is
-        queued, and a Redis error propagates, so the request's transaction rolls back and no
-        code goes out that was not stored and counted.
+        That code SMS is then the reply to the request (it says to send the code back), so a
+        recovery by SMS costs two messages: the code and the password (§4, §9). Fails closed:
+        every Redis step (limits, cool-down, the code) comes before the SMS is queued, and a
+        Redis error propagates, so the request's transaction rolls back and no code goes out
+        that was not stored and counted.
         """
         clearance = await self._clear_to_send(
             attempt, "sms", lambda record: _code_destination(record, only_to)
@@ -239,7 +244,8 @@ class RecoveryService:
             return clearance.refused
         mobile = clearance.destination
         code = await self._codes.issue(attempt.id, delivered=mobile is not None)
-        body = self._prompts.text("sms.code", attempt.language, code=code)
+        key = "sms.code" if only_to is None else "sms.code_reply"
+        body = self._prompts.text(key, attempt.language, code=code)
         if mobile is not None:
             queued = await self._delivery.sms(
                 mobile.e164, body, purpose="code", attempt_ref=attempt.id
@@ -250,7 +256,7 @@ class RecoveryService:
             # The same work as a send, so that timing does not tell (§6.2).
             queued = await self._delivery.withhold(OutboundChannel.sms, body, "code")
         await self._settle(attempt, "code.sent_sms", clearance, queued)
-        return Sent(SendOutcome.sent)
+        return Sent(SendOutcome.sent, to_requester=queued and only_to is not None)
 
     async def request_voice_call(self, attempt: Attempt, twiml_url: str) -> Sent:
         """Call the first phone on file (mobile or landline) to speak the code after a key press."""

@@ -317,13 +317,15 @@ def _account(rest: str) -> str:
 
 
 def _bare_number(text: str) -> Command:
-    # A message of digits alone: a code if it has exactly six, otherwise an
-    # account without its keyword, which the dialog has to ask about.
+    # A message of digits alone: a code if it has six; a code with a digit missed or doubled
+    # if it has five or seven (the dialog answers "the code has six digits", not "we did not
+    # understand"); anything else is not understood.
     if _LETTER_RE.search(text) is None:
         alnum = _ALNUM_RE.findall(text)
         digits = "".join(alnum)
-        if len(digits) == CODE_LENGTH and all(c in "0123456789" for c in digits):
-            return Command(Keyword.code, digits, "ru")
+        if abs(len(digits) - CODE_LENGTH) <= 1 and all(c in "0123456789" for c in digits):
+            # The argument is a well-formed code or nothing, as after "КОД 12345".
+            return Command(Keyword.code, digits if len(digits) == CODE_LENGTH else "", "ru")
     return Command(Keyword.unknown, language=_script_language(text))
 
 
