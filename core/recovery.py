@@ -6,6 +6,7 @@ import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 
 import structlog
@@ -22,6 +23,7 @@ from core.audit import AuditLog
 from core.codes import CodeCheck, CodeStore
 from core.config import Settings
 from core.crypto import Keyring
+from core.db import utcnow
 from core.delivery import Delivery
 from core.models import OutboundChannel
 from core.phones import InvalidPhoneNumber, Phone, mask_account, parse_phone
@@ -258,8 +260,15 @@ class RecoveryService:
         await self._settle(attempt, "code.sent_sms", clearance, queued)
         return Sent(SendOutcome.sent, to_requester=queued and only_to is not None)
 
-    async def request_voice_call(self, attempt: Attempt, twiml_url: str) -> Sent:
-        """Call the first phone on file (mobile or landline) to speak the code after a key press."""
+    async def request_voice_call(
+        self, attempt: Attempt, twiml_url: str, *, after_hangup: bool = False
+    ) -> Sent:
+        """Call the first phone on file (mobile or landline) to speak the code after a key press.
+
+        `after_hangup`: asked for in a call, which must end first (the phone on file may be the
+        one in the caller's hand): the call is held until that call's `completed` status
+        callback releases it (core/code_calls.py), or `verification_call_wait_seconds` pass.
+        """
         clearance = await self._clear_to_send(
             attempt, "call", lambda record: record.phones[0] if record and record.phones else None
         )
@@ -267,8 +276,13 @@ class RecoveryService:
             return clearance.refused
         phone = clearance.destination
         if phone is not None:
+            wait = self._settings.verification_call_wait_seconds if after_hangup else 0
             queued = await self._delivery.call(
-                phone.e164, twiml_url, purpose="code_call", attempt_ref=attempt.id
+                phone.e164,
+                twiml_url,
+                purpose="code_call",
+                attempt_ref=attempt.id,
+                not_before=utcnow() + timedelta(seconds=wait) if wait else None,
             )
         else:
             queued = await self._delivery.withhold(

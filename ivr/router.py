@@ -26,6 +26,7 @@ from ivr.menu import State
 from ivr.screens import Screens
 from ivr.session import CallSession, CallStore
 from ivr.twiml import Ending, Renderer, Screen, Speech
+from ivr.verification_call import after_call_status
 from voice_prompts import DEFAULT_LANGUAGE, Language
 
 log = structlog.get_logger(__name__)
@@ -456,8 +457,12 @@ async def call_status(
     call_sid = _call_sid(form)
     # Our own outbound calls (code calls) keep their status in the outbox, found by their sid
     # or by our key from the StatusCallback URL (`outbox`).
-    await record_status(db, call_sid, form.get("CallStatus"), None, outbox_key=outbox)
+    row = await record_status(db, call_sid, form.get("CallStatus"), None, outbox_key=outbox)
     if form.get("CallStatus") in FINAL_CALL_STATUSES:
+        # The code call: placed once its caller hung up, placed again if nobody answered.
+        completed = row is None and form.get("CallStatus") == "completed"
+        ended = await _store(services).load(call_sid) if completed else None
+        await after_call_status(services, db, ended, form.get("CallStatus"), row)
         await _store(services).end(call_sid)
         cases = Escalations(db, services.keyring)
         case = await cases.find_open(call_sid)

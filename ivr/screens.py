@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 from urllib.parse import urlencode
+
+import phonenumbers
 
 from core.config import OperatorRoute, Settings
 from core.crypto import Keyring
@@ -28,6 +31,7 @@ from ivr.twiml import (
 from voice_prompts import Catalogue, Language
 
 PASSWORD_GROUP = 4
+_DIGIT_GROUPS = re.compile(r"\d+")
 ESCALATION_REASONS = frozenset(
     {"caller_request", "retries_exhausted", "verification_capped", "limit", "error"}
 )
@@ -135,6 +139,10 @@ class Screens:
                 return self._secret_lines(call)
             case State.after_hours:
                 return [self._say("voice.after_hours", lang, hours=self.hours(lang))]
+            case State.call_arranged:
+                # The code call comes from the hotline's number: the caller is told which.
+                number = spoken_number(self._settings.hotline_number, self._prompts, lang)
+                return [self._say("voice.call_arranged", lang, number=number)]
             case _:
                 return [self._say(MENU[call.state].prompt, lang)]
 
@@ -341,3 +349,18 @@ class Screens:
             verification=self._prompts.text(verification, lang),
             reason=self._prompts.text(f"whisper.reason_{reason}", lang),
         )
+
+
+def spoken_number(e164: str, prompts: Catalogue, language: Language) -> str:
+    """A phone number as people say it: in the national format's groups ("8, 800, 555, ноль,
+    один, ноль, ноль"); a group that starts with 0 is said digit by digit."""
+    try:
+        national = phonenumbers.format_number(
+            phonenumbers.parse(e164, None), phonenumbers.PhoneNumberFormat.NATIONAL
+        )
+    except phonenumbers.NumberParseException:
+        national = e164
+    groups = _DIGIT_GROUPS.findall(national)
+    return ", ".join(
+        prompts.digits(group, language) if group.startswith("0") else group for group in groups
+    )

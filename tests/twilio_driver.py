@@ -106,6 +106,12 @@ class Call:
         assert action, "Gather without action"
         return await self._load(urljoin(self.path, action), self._params(**answer))
 
+    async def hang_up(self, status: str = "completed") -> int:
+        """The call ended: Twilio's status callback, as the number's "call status changes"
+        webhook sends it (docs/operations.md); the HTTP status of the answer."""
+        response = await self.twilio.post("/ivr/status", self._params(CallStatus=status))
+        return response.status_code
+
     def dial_whisper_url(self) -> str:
         """The whisper URL of the transfer in the current document."""
         number = self.twiml.find("Dial/Number")

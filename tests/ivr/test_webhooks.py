@@ -245,6 +245,7 @@ async def at_verify_greeting(
 ) -> Call:
     call = await at_method_choice(gateway, account, caller=phone)
     await call.press("2")
+    await call.hang_up()  # the code call is placed once the caller has hung up
     placed = gateway.messenger.to(phone, "call")
     assert placed, "no verification call placed"
     callback = Call(gateway.twilio, caller=gateway.settings.hotline_number, called=phone)
@@ -763,6 +764,8 @@ async def spoken_path(gateway: Gateway, account: str, method: str) -> list[str]:
         wrong = other_code(last_code(gateway)) if sms else "000000"
         await call.press(wrong)
         await call.press("*")
+    else:
+        await call.hang_up()  # the code call is placed once the caller has hung up
     spoken = PROMPTS.digits(account, Language.ru)
     assert any(spoken in text for text in call.history)
     return [text.replace(spoken, "<account>") for text in call.history]
@@ -802,12 +805,14 @@ async def test_unknown_account_sends_nothing_to_the_caller(gateway: Gateway, met
     call = await at_method_choice(gateway, UNKNOWN, caller=STRANGER)
     await call.press(method)
     assert ru("voice.code_sent" if method == "1" else "voice.call_arranged") in call.text
+    await call.hang_up()
     assert gateway.messenger.sent == []
 
 
 async def test_voice_code_calls_the_phone_on_file_not_the_caller(gateway: Gateway) -> None:
     call = await at_method_choice(gateway, LANDLINE_ONLY, caller=STRANGER)
     await call.press("2")
+    await call.hang_up()
     assert [item.to for item in gateway.messenger.sent] == [LANDLINE]
 
 
@@ -904,6 +909,7 @@ async def test_provider_failure_is_recorded_and_the_call_is_offered_as_always(
     gateway.messenger.fail = False
     await call.press("2")
     assert call.verbs()[-1] == "Hangup"
+    await call.hang_up()
     assert len(gateway.messenger.to(MOBILE, "call")) == 1
 
 
@@ -913,6 +919,7 @@ async def test_the_call_back_is_not_held_up_by_the_sms_cool_down(gateway: Gatewa
     # The SMS may be blocked by the operator (§10): switching to a call works at once.
     await call.press("2")
     assert call.verbs()[-1] == "Hangup"
+    await call.hang_up()
     assert len(gateway.messenger.to(LANDLINE, "call") + gateway.messenger.to(MOBILE, "call")) == 1
 
 

@@ -145,6 +145,7 @@ async def test_wrong_guesses_against_an_undelivered_code_do_not_count(
     call = await at_method_choice(gateway, LANDLINE_ONLY, caller=LANDLINE)
     await call.press("2")
     assert ru("voice.call_arranged") in call.text
+    await call.hang_up()  # the code call is placed once the caller hung up
     assert len(gateway.messenger.to(LANDLINE, "call")) == 1
 
 

@@ -395,6 +395,7 @@ async def test_global_budget_trips_counts_and_logs(gateway: Gateway) -> None:
     # The call still goes, on its own budget; once that is spent too, the operator.
     await known.press("2")
     assert ru("voice.call_arranged") in known.text
+    await known.hang_up()  # the code call is placed once the caller hung up
     assert len(gateway.messenger.to(LANDLINE, "call")) == 1
     await unknown.press("2")
     assert_limit_transfer(unknown, gateway)

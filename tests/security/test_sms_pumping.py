@@ -187,6 +187,7 @@ async def call_back_documents(gateway: Gateway, account: str) -> list[str]:
     for keys in ("1", account + "#", "1", "2"):
         await call.press(keys)
         documents.append(call.raw)
+    await call.hang_up()  # the code call is placed once the caller hung up
     return documents
 
 

@@ -325,6 +325,7 @@ async def code_prompts(gateway: Gateway, account: str, bounce: bool) -> list[str
     for keys in ("12", wrong_code(gateway, MOBILE) if bounce else "000000", "2"):
         await call.press(keys)
         documents.append(call.raw)
+    await call.hang_up()  # the code call is placed once the caller hung up
     return documents
 
 
