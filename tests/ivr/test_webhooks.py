@@ -23,6 +23,7 @@ from core.passwords import hash_password
 from core.recovery import RecoveryService
 from gateway.app import create_app
 from ivr.menu import MENU, State, successors
+from ivr.screens import spoken_number
 from ivr.session import CallStore
 from tests.conftest import (
     AUTH_TOKEN,
@@ -40,6 +41,8 @@ from tests.twilio_driver import Call, sign
 from voice_prompts import Language, load_catalogue
 
 PROMPTS = load_catalogue()
+# The hotline number of the tests' settings (the default): the code call comes from it.
+HOTLINE = Settings(_env_file=None).hotline_number
 CODE = re.compile(r"\b(\d{6})\b")
 HOST_BASE_URL = "http://gateway.internal"
 SIGNATURE = "X-Twilio-Signature"
@@ -62,7 +65,10 @@ FORGERIES = ["missing", "wrong", "other_token", "host_url", "tampered"]
 
 
 def ru(key: str, **params: object) -> str:
-    """A Russian sentence from the catalogue."""
+    """A Russian sentence from the catalogue (the code call's promise names the hotline's
+    number, the one the tests' settings keep)."""
+    if key == "voice.call_arranged":
+        params.setdefault("number", spoken_number(HOTLINE, PROMPTS, Language.ru))
     return PROMPTS.text(key, Language.ru, **params)
 
 
