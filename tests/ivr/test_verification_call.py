@@ -138,6 +138,22 @@ async def test_callback_and_timer_together_place_one_call(gateway: Gateway) -> N
     assert row.attempts == 1
 
 
+@pytest.mark.parametrize("first", ["timer", "callback"])
+async def test_whichever_fires_second_places_nothing(gateway: Gateway, first: str) -> None:
+    call = await ask_for_the_call(gateway)
+    timer = a_dispatcher_at(gateway, 30)
+    if first == "timer":
+        assert await timer.drain() == 1
+        assert await call.hang_up() == 204  # the callback comes late
+    else:
+        assert await call.hang_up() == 204
+        assert await timer.drain() == 0  # the timer's sweep finds it placed
+    await services(gateway).dispatcher.drain()
+    assert len(gateway.messenger.to(LANDLINE, "call")) == 1
+    [row] = await code_call_rows(gateway)
+    assert (row.status, row.attempts) == ("sent", 1)
+
+
 async def post_code_call_status(gateway: Gateway, row: OutboxMessage, status: str) -> int:
     """The code call's own status callback, with our key in its URL as Twilio would post it."""
     params = {
