@@ -334,6 +334,15 @@ class Settings(BaseSettings):
     # On shutdown, how long in-flight sends may take to finish; unsent rows stay queued.
     outbox_shutdown_grace_seconds: Annotated[float, Field(ge=0, le=60)] = 10.0
 
+    # --- The code by a voice call (§3; core/code_calls.py) ---------------------------------
+    # Asked for in a call, it is placed once that call has ended: on the inbound call's
+    # `completed` status callback, or after this many seconds when no callback comes (the
+    # number's "call status changes" webhook is not configured).
+    verification_call_wait_seconds: Annotated[int, Field(ge=0, le=120)] = 20
+    # Busy, no answer or failed: placed again this many times, this many seconds apart.
+    verification_call_retries: Annotated[int, Field(ge=0, le=5)] = 2
+    verification_call_retry_seconds: Annotated[int, Field(ge=10, le=300)] = 120
+
     # --- The accounts directory (§7, §11; docs/cabinet-api.md) ---------------------------------
     directory: DirectoryKind = DirectoryKind.sql
     # The cabinet's API base URL without a trailing slash, e.g. https://cabinet.internal/recovery/v1

@@ -88,11 +88,14 @@ class Delivery:
         session: AsyncSession,
         keyring: Keyring,
         notify: Callable[[], None],
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._session = session
         self._keyring = keyring
         self._notify = notify
+        # Tells the sweeper that a row falls due later (it recomputes when to wake).
+        self._wake = wake
         self._allowed = frozenset(settings.allowed_countries)
         self._opt_outs = OptOuts(session)
 
@@ -133,6 +136,7 @@ class Delivery:
         url: str | None = None,
         attempt_ref: str | None = None,
         status: OutboxStatus = OutboxStatus.queued,
+        not_before: datetime | None = None,
     ) -> None:
         self._session.add(
             OutboxMessage(
@@ -151,10 +155,14 @@ class Delivery:
                 purpose=OutboxPurpose(purpose),
                 status=status,
                 attempt_ref=attempt_ref,
+                next_attempt_at=not_before,
             )
         )
         await self._session.flush()
-        if status is OutboxStatus.queued:
+        if status is OutboxStatus.queued and not_before is not None:
+            if self._wake is not None:
+                self._wake()
+        elif status is OutboxStatus.queued:
             self._notify()
 
     async def sms(
@@ -177,9 +185,19 @@ class Delivery:
         return False
 
     async def call(
-        self, to: str, url: str, purpose: str, *, attempt_ref: str | None = None
+        self,
+        to: str,
+        url: str,
+        purpose: str,
+        *,
+        attempt_ref: str | None = None,
+        not_before: datetime | None = None,
     ) -> bool:
-        """Queue a call if policy allows; False when it was withheld."""
+        """Queue a call if policy allows; False when it was withheld.
+
+        `not_before`: the call is held until then (or until something makes it due sooner:
+        core/code_calls.py), and the dispatcher's atomic claim places it once either way.
+        """
         if not self.allowed(to):
             log.warning("outbound.refused_destination", to=mask_phone(to), purpose=purpose)
             OUTBOUND.labels(channel="call", purpose=purpose, result="refused").inc()
@@ -187,7 +205,14 @@ class Delivery:
                 OutboundChannel.call, "", purpose, url=url, status=OutboxStatus.withheld
             )
             return False
-        await self._queue(OutboundChannel.call, to, purpose, url=url, attempt_ref=attempt_ref)
+        await self._queue(
+            OutboundChannel.call,
+            to,
+            purpose,
+            url=url,
+            attempt_ref=attempt_ref,
+            not_before=not_before,
+        )
         return True
 
     async def withhold(

@@ -169,6 +169,10 @@ class Dispatcher:
         _queued_here.set(flag)
         return flag
 
+    def wake(self) -> None:
+        """A row was queued (or re-queued) to fall due later: the sweeper recomputes its nap."""
+        self._rescheduled.set()
+
     def notify(self) -> None:
         """The current request queued something: it is sent once the response is out."""
         flag = _queued_here.get()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 
 import structlog
@@ -18,6 +19,7 @@ from core.accounts import (
     new_temporary_password,
 )
 from core.audit import AuditLog
+from core.clock import utcnow
 from core.codes import CodeCheck, CodeStore
 from core.config import Settings
 from core.crypto import Keyring
@@ -69,6 +71,9 @@ class Sent:
 
     outcome: SendOutcome
     wait_seconds: int = 0
+    # The code went to the requester's own number (an SMS sender that is a mobile on file):
+    # that message is the reply to the request (§4), and no other reply is needed.
+    to_requester: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,9 +229,11 @@ class RecoveryService:
 
         Voice: the first mobile on file. SMS channel: `only_to` is the sender, who gets the code
         only when that number is itself a mobile on file — never merely for having texted (§6.3).
-        Fails closed: every Redis step (limits, cool-down, the code) comes before the SMS is
-        queued, and a Redis error propagates, so the request's transaction rolls back and no
-        code goes out that was not stored and counted.
+        That code SMS is then the reply to the request (it says to send the code back), so a
+        recovery by SMS costs two messages: the code and the password (§4, §9). Fails closed:
+        every Redis step (limits, cool-down, the code) comes before the SMS is queued, and a
+        Redis error propagates, so the request's transaction rolls back and no code goes out
+        that was not stored and counted.
         """
         clearance = await self._clear_to_send(
             attempt, "sms", lambda record: _code_destination(record, only_to)
@@ -235,7 +242,8 @@ class RecoveryService:
             return clearance.refused
         mobile = clearance.destination
         code = await self._codes.issue(attempt.id, delivered=mobile is not None)
-        body = self._prompts.text("sms.code", attempt.language, code=code)
+        key = "sms.code" if only_to is None else "sms.code_reply"
+        body = self._prompts.text(key, attempt.language, code=code)
         if mobile is not None:
             queued = await self._delivery.sms(
                 mobile.e164, body, purpose="code", attempt_ref=attempt.id
@@ -246,10 +254,17 @@ class RecoveryService:
             # The same work as a send, so that timing does not tell (§6.2).
             queued = await self._delivery.withhold(OutboundChannel.sms, body, "code")
         await self._settle(attempt, "code.sent_sms", clearance, queued)
-        return Sent(SendOutcome.sent)
+        return Sent(SendOutcome.sent, to_requester=queued and only_to is not None)
 
-    async def request_voice_call(self, attempt: Attempt, twiml_url: str) -> Sent:
-        """Call the first phone on file (mobile or landline) to speak the code after a key press."""
+    async def request_voice_call(
+        self, attempt: Attempt, twiml_url: str, *, after_hangup: bool = False
+    ) -> Sent:
+        """Call the first phone on file (mobile or landline) to speak the code after a key press.
+
+        `after_hangup`: asked for in a call, which must end first (the phone on file may be the
+        one in the caller's hand): the call is held until that call's `completed` status
+        callback releases it (core/code_calls.py), or `verification_call_wait_seconds` pass.
+        """
         clearance = await self._clear_to_send(
             attempt, "call", lambda record: record.phones[0] if record and record.phones else None
         )
@@ -257,8 +272,13 @@ class RecoveryService:
             return clearance.refused
         phone = clearance.destination
         if phone is not None:
+            wait = self._settings.verification_call_wait_seconds if after_hangup else 0
             queued = await self._delivery.call(
-                phone.e164, twiml_url, purpose="code_call", attempt_ref=attempt.id
+                phone.e164,
+                twiml_url,
+                purpose="code_call",
+                attempt_ref=attempt.id,
+                not_before=utcnow() + timedelta(seconds=wait) if wait else None,
             )
         else:
             queued = await self._delivery.withhold(

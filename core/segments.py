@@ -107,21 +107,25 @@ class UnknownPlaceholderError(LookupError):
         self.placeholder = placeholder
 
 
-# Replies that carry configuration of unknown length (the operators' working hours).
+# Replies followed by the operators' working hours (core/hours.py, the short form).
 REPLIES_WITH_HOURS = frozenset({"sms.reply_callback_closed"})
+# The longest working hours the settings accept: three groups of days (the most the parser
+# takes), each a range of days with two-digit hours that differ, so that none merge.
+WORST_HOURS = "mon-tue 10:00-20:00; wed-thu 11:00-21:00; fri-sat 10:00-19:00"
+# What a recovery by SMS hands the resident after the code: one segment each, so that the
+# whole recovery costs two (§4, §9: the code reply and the credential).
+CREDENTIALS = frozenset({"sms.temporary_password", "sms.login"})
 
 
 def sms_budget(key: str) -> int:
-    """The most segments an SMS text may take (§4): a one-time code 1, a reply 1, anything
-    else 2.
+    """The most segments an SMS text may take (§4): a one-time code 1, a reply 1, the
+    credential of a recovery 1, anything else 2.
 
     A reply goes to whoever texts us, so its segments are what SMS pumping earns per message
-    sent (§6.14): 1. The reply that is followed by the working hours may take 2.
+    sent (§6.14): 1, the working hours that follow the after-hours reply included.
     """
     name = key.removeprefix(SMS_SECTION)
-    if "code" in name:
-        return 1
-    if name.startswith("reply_") and key not in REPLIES_WITH_HOURS:
+    if "code" in name or name.startswith("reply_") or key in CREDENTIALS:
         return 1
     return 2
 
@@ -190,7 +194,14 @@ def worst_case_text(
             params[name] = WORST_NUMBER
         else:
             raise UnknownPlaceholderError(key, name)
-    return catalogue.text(key, language, **params)
+    text = catalogue.text(key, language, **params)
+    if key in REPLIES_WITH_HOURS:
+        # As sms/router.py sends it: the text, a space, the hours in their short form.
+        from core.hours import Schedule, parse_hours
+
+        hours = Schedule(days=parse_hours(WORST_HOURS)).describe(catalogue, language, short=True)
+        text = f"{text} {hours}"
+    return text
 
 
 def sms_keys(catalogue: Catalogue) -> list[str]:

@@ -120,7 +120,9 @@ class Services:
             redis=self.redis,
             keyring=self.keyring,
             directory=self.directory(session),
-            delivery=Delivery(self.settings, session, self.keyring, self.dispatcher.notify),
+            delivery=Delivery(
+                self.settings, session, self.keyring, self.dispatcher.notify, self.dispatcher.wake
+            ),
             audit=AuditLog(session, self.keyring),
             prompts=self.prompts,
         )

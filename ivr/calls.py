@@ -13,6 +13,7 @@ from core.models import CALLER_ID_CHARS
 from ivr.flow import CallerInput
 from ivr.menu import State
 from ivr.session import CallSession
+from ivr.verification_call import after_call_status
 from ivr.webhook import Flow, apology, call_sid_of, call_store, render, voice_router
 
 log = structlog.get_logger(__name__)
@@ -97,8 +98,12 @@ async def call_status(
     call_sid = call_sid_of(form)
     # Our own outbound calls (code calls) keep their status in the outbox, found by their sid
     # or by our key from the StatusCallback URL (`outbox`).
-    await record_status(db, call_sid, form.get("CallStatus"), None, outbox_key=outbox)
+    row = await record_status(db, call_sid, form.get("CallStatus"), None, outbox_key=outbox)
     if form.get("CallStatus") in FINAL_CALL_STATUSES:
+        # The code call: placed once its caller hung up, placed again if nobody answered.
+        completed = row is None and form.get("CallStatus") == "completed"
+        ended = await call_store(services).load(call_sid) if completed else None
+        await after_call_status(services, db, ended, form.get("CallStatus"), row)
         await call_store(services).end(call_sid)
         await services.cases(db).abandoned(call_sid)
     log.info("ivr.status", call=call_sid, status=form.get("CallStatus")[:16])

@@ -120,13 +120,13 @@ class VoiceFlow:
         call.tries += 1
         call.failures += 1
         if call.tries >= self._settings.menu_max_tries:
-            exhausted = MENU[call.state].exhausted
-            if exhausted is State.operator:
+            spec = MENU[call.state]
+            if spec.exhausted is State.operator:
                 await self._to_operator(
                     call, Reason.retries_exhausted, notice="voice.too_many_tries"
                 )
             else:
-                self._go(call, exhausted)
+                self._go(call, spec.exhausted, *filter(None, [spec.exhausted_notice]))
             return
         call.notices = [notice]
 
@@ -308,7 +308,8 @@ class VoiceFlow:
         if attempt is None:
             return
         url = f"{self._base}/ivr/verify?{urlencode({'a': attempt.id})}"
-        sent = await self._recovery.request_voice_call(attempt, url)
+        # Placed once this call has ended (the caller is told to hang up): core/code_calls.py.
+        sent = await self._recovery.request_voice_call(attempt, url, after_hangup=True)
         if await self._held_back(call, sent):
             return
         if sent.outcome is SendOutcome.cooldown:

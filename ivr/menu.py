@@ -79,6 +79,8 @@ class StateSpec:
     on_silence: State | None = None
     # The key that ends a multi-digit entry at once ("" for none).
     finish_on_key: str = "#"
+    # Said on the way to `exhausted` when the tries ran out (not the operator's own notice).
+    exhausted_notice: str | None = None
 
 
 ANY_MENU: Mapping[str, Action] = {"0": Action.operator, "*": Action.repeat}
@@ -156,9 +158,12 @@ MENU: Mapping[State, StateSpec] = {
     State.goodbye: StateSpec(prompt="voice.goodbye", final=Final.hangup),
     State.verify_greeting: StateSpec(
         prompt="voice.verify_greeting",
-        # Any key but 0 reveals the code: a person, not a voicemail box, must be listening.
+        # The prompt asks for 1; any key but 0 and * reveals the code all the same: a person,
+        # not a voicemail box, must be listening.
         keys={**ANY_MENU, **{k: Action.reveal_code for k in "123456789#"}},
         exhausted=State.goodbye,
+        # Nobody pressed a key (a voicemail box, or nobody there): the prompt written for it.
+        exhausted_notice="voice.verify_no_answer",
     ),
     State.verify_code: StateSpec(
         prompt="voice.verify_code_entry",

@@ -6,6 +6,8 @@ import math
 import re
 from urllib.parse import urlencode
 
+import phonenumbers
+
 from core.codes import CODE_DIGITS
 from core.config import OperatorRoute, Settings
 from core.crypto import Keyring
@@ -36,6 +38,7 @@ from voice_prompts.recordings import AUDIO_PATH, load_recordings
 PASSWORD_GROUP = 5
 # The pause between the characters of a secret (SSML <break>): time to write each one down.
 CHARACTER_BREAK_MS = 250
+_DIGIT_GROUPS = re.compile(r"\d+")
 
 
 class Screens:
@@ -184,6 +187,10 @@ class Screens:
                 return [self._say("voice.account_confirm", lang, digits=digits)]
             case State.after_hours:
                 return [self._say("voice.after_hours", lang, hours=self.hours(lang))]
+            case State.call_arranged:
+                # The code call comes from the hotline's number: the caller is told which.
+                number = spoken_number(self._settings.hotline_number, self._prompts, lang)
+                return [self._say("voice.call_arranged", lang, number=number)]
             case _:
                 key = spec.reprompt if brief and spec.reprompt else spec.prompt
                 return [self._say(key, lang)]
@@ -389,3 +396,18 @@ class Screens:
             verification=self._prompts.text(verification, lang),
             reason=self._prompts.text(f"whisper.reason_{reason}", lang),
         )
+
+
+def spoken_number(e164: str, prompts: Catalogue, language: Language) -> str:
+    """A phone number as people say it: in the national format's groups ("8, 800, 555, ноль,
+    один, ноль, ноль"); a group that starts with 0 is said digit by digit."""
+    try:
+        national = phonenumbers.format_number(
+            phonenumbers.parse(e164, None), phonenumbers.PhoneNumberFormat.NATIONAL
+        )
+    except phonenumbers.NumberParseException:
+        national = e164
+    groups = _DIGIT_GROUPS.findall(national)
+    return ", ".join(
+        prompts.digits(group, language) if group.startswith("0") else group for group in groups
+    )

@@ -37,6 +37,9 @@ class Reply:
     with_hours: bool = False
     # Said as `{wait}`: when a limit or the cap lets the sender try on their own again.
     wait_seconds: int = 0
+    # Sent already, as the code SMS to the sender (a mobile on file): counted as this reply
+    # (sms/replies.py), rendered as none (§4: two messages per recovery by SMS).
+    sent_as_code: bool = False
 
 
 class SmsDialog:
@@ -167,6 +170,10 @@ class SmsDialog:
             by_sms = sent_key == "sms.reply_requested"
             key = "sms.reply_sms_unavailable" if by_sms else "sms.reply_limited"
             return self._reply(key, thread)
+        if sent.to_requester:
+            # Only the mobile on file gets this: the code SMS, which says to send it back.
+            # Every other sender reads the same uniform reply, account or no account (§4).
+            return Reply("sms.code_reply", Language(thread.language), sent_as_code=True)
         # A cool-down answers like a send: the earlier code is still on its way.
         return self._reply(sent_key, thread)
 

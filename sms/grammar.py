@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
-from core.codes import well_formed_code
+from core.codes import CODE_DIGITS, well_formed_code
 from voice_prompts import Language
 
 __all__ = [
@@ -317,13 +317,15 @@ def _account(rest: str) -> str:
 
 
 def _bare_number(text: str) -> Command:
-    # A message of digits alone: a code if it has exactly six, otherwise an
-    # account without its keyword, which the dialog has to ask about.
+    # A message of digits alone: a code if it has six; a code with a digit missed or doubled
+    # if it has five or seven (the dialog answers "the code has six digits", not "we did not
+    # understand"); anything else is not understood.
     if _LETTER_RE.search(text) is None:
         alnum = _ALNUM_RE.findall(text)
         digits = "".join(alnum)
-        if well_formed_code(digits) and digits.isascii():
-            return Command(Keyword.code, digits, Language.ru)
+        if abs(len(digits) - CODE_DIGITS) <= 1 and digits.isascii() and digits.isdigit():
+            # The argument is a well-formed code or nothing, as after "КОД 12345".
+            return Command(Keyword.code, digits if well_formed_code(digits) else "", Language.ru)
     return Command(Keyword.unknown, language=_script_language(text))
 
 

@@ -114,7 +114,7 @@ async def inbound_sms(
 
 
 def _render(services: ServicesDep, reply: Reply | None) -> str:
-    if reply is None:
+    if reply is None or reply.sent_as_code:
         return ""
     params = dict(reply.params)
     if reply.wait_seconds:

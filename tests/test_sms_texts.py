@@ -73,19 +73,27 @@ def test_every_reply_is_one_segment(
     catalogue: Catalogue, settings: Settings, language: Language
 ) -> None:
     """§6.14: a reply goes to whoever texts us, so its segments are what pumping earns per
-    message: one (the after-hours reply, followed by the configured hours, excepted)."""
+    message: one — the after-hours reply too, with the longest working hours the settings
+    accept after it."""
     replies = [key for key in SMS_KEYS if key.startswith("sms.reply_")]
-    assert "sms.reply_help" in replies
+    assert "sms.reply_help" in replies and "sms.reply_callback_closed" in replies
     over = {
         key: segment_report(text)[2]
         for key in replies
-        if key != "sms.reply_callback_closed"
-        and segment_report(
+        if segment_report(
             text := worst_case_text(catalogue, key, language, worst_case_values(settings))
         )[2]
         > 1
     }
     assert not over, f"replies over one segment ({language.value}): {over}"
+
+
+@pytest.mark.parametrize("language", list(Language), ids=str)
+def test_the_after_hours_reply_carries_the_hours(catalogue: Catalogue, language: Language) -> None:
+    """The worst case of the after-hours reply is the reply and the longest hours, as sent."""
+    text = worst_case_text(catalogue, "sms.reply_callback_closed", language, {})
+    assert text.startswith(catalogue.text("sms.reply_callback_closed", language) + " ")
+    assert text.count("10:00") == 2 and "11:00" in text
 
 
 def test_worst_cases_follow_the_settings(settings: Settings) -> None:

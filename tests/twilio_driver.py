@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
@@ -45,6 +46,8 @@ class Call:
     path: str = "/ivr/voice"
     history: list[str] = field(default_factory=list)
     raw: str = ""
+    # Awaited after `hang_up`: lets what the callback queued be sent (Gateway.settle).
+    settle: Callable[[], Awaitable[None]] | None = None
 
     def _params(self, **extra: str) -> dict[str, str]:
         return {
@@ -105,6 +108,14 @@ class Call:
         action = self.gather.get("action")
         assert action, "Gather without action"
         return await self._load(urljoin(self.path, action), self._params(**answer))
+
+    async def hang_up(self, status: str = "completed") -> int:
+        """The call ended: Twilio's status callback, as the number's "call status changes"
+        webhook sends it (docs/operations.md); the HTTP status of the answer."""
+        response = await self.twilio.post("/ivr/status", self._params(CallStatus=status))
+        if self.settle is not None:
+            await self.settle()
+        return response.status_code
 
     def dial_whisper_url(self) -> str:
         """The whisper URL of the transfer in the current document."""

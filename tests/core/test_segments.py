@@ -88,7 +88,10 @@ def test_simulator_uses_the_same_counter() -> None:
 def test_budget() -> None:
     assert sms_budget("sms.code") == 1
     assert sms_budget("sms.code_resent") == 1
-    assert sms_budget("sms.temporary_password") == 2
+    # The credential ends a recovery by SMS: code reply + credential = 2 segments (§4, §9).
+    assert sms_budget("sms.temporary_password") == 1
+    assert sms_budget("sms.login") == 1
+    assert sms_budget("sms.recovery_notice") == 2
 
 
 def test_worst_string_puts_expensive_characters_first() -> None:

@@ -153,6 +153,9 @@ async def test_voice_call_verification_on_a_landline(gateway: Gateway) -> None:
     await reach_method_choice(call, LANDLINE_ONLY)
     await call.press("2")
     assert call.verbs()[-1] == "Hangup"
+    # Placed once the caller has hung up (the line may be the one in their hand).
+    assert gateway.messenger.to(LANDLINE, "call") == []
+    assert await call.hang_up() == 204
     placed = gateway.messenger.to(LANDLINE, "call")
     assert len(placed) == 1
 
@@ -160,8 +163,13 @@ async def test_voice_call_verification_on_a_landline(gateway: Gateway) -> None:
     callback = Call(gateway.twilio, caller="+78005550100", called=LANDLINE)
     path = placed[0].url.removeprefix(gateway.settings.public_base_url)
     await callback.start(path)
-    assert not CODE.search(callback.text) and "нажмите любую клавишу" in callback.text
-    await callback.press("5")
+    greeting = load_catalogue().text("voice.verify_greeting", Language.ru)
+    assert not CODE.search(callback.text) and callback.text == greeting
+    # What the code is for, a way out for whoever did not ask, and which key to press.
+    assert "для восстановления доступа" in greeting and "нажмите 1" in greeting
+    assert "Если вы не просили код, положите трубку" in greeting
+    assert "любую клавишу" not in greeting
+    await callback.press("1")
     spoken = callback.text
     assert "Ваш код" in spoken
     digits = {
@@ -197,6 +205,7 @@ async def test_an_opted_out_mobile_is_not_told_the_password_was_texted(gateway: 
     call = gateway.call(caller="+79990001122")
     await reach_method_choice(call, MOBILE_ONLY)
     await call.press("2")
+    await call.hang_up()
     [placed] = gateway.messenger.to(MOBILE, "call")
     callback = Call(gateway.twilio, caller="+78005550100", called=MOBILE)
     await callback.start(placed.url.removeprefix(gateway.settings.public_base_url))

@@ -4,14 +4,18 @@ the contract mock, generated from Twilio's OpenAPI document, accepts (§7)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 
+from core.clock import utcnow
 from core.config import MessengerKind, Settings
+from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker
+from core.dispatch import Dispatcher, RetryPolicy
 from core.models import OutboxMessage
 from core.twilio_rest import TwilioMessenger
 from gateway.app import create_app
@@ -80,7 +84,7 @@ async def test_sms_code_recovery_through_the_twilio_contract(
 async def test_voice_call_is_placed_through_the_twilio_contract(
     twilio_gateway: tuple[Twilio, SpyingTwilioMessenger, Settings],
 ) -> None:
-    twilio, _, settings = twilio_gateway
+    twilio, messenger, settings = twilio_gateway
     call = Call(twilio, caller=MOBILE)
     await call.start()
     await call.press("1")
@@ -94,6 +98,54 @@ async def test_voice_call_is_placed_through_the_twilio_contract(
     await engine.dispose()
     assert len(rows) == 1 and rows[0].channel == "call"
     assert rows[0].url and rows[0].url.startswith(f"{PUBLIC_BASE_URL}/ivr/verify?a=")
+    # Held while the caller listens; placed through the contract mock once they hung up.
+    assert (rows[0].status, rows[0].provider_sid) == ("queued", None)
+    assert await call.hang_up() == 204
+    first = await outbox_row(settings)
+    assert first.status == "sent" and first.provider_sid and first.provider_sid.startswith("CA")
+    assert first.from_number == settings.hotline_number
+
+    # Busy: Twilio's status callback (our key in its URL) queues it again, and the retry goes
+    # through the contract mock too, as a new call.
+    params = {
+        "AccountSid": settings.twilio_account_sid,
+        "CallSid": first.provider_sid,
+        "CallStatus": "busy",
+        "Direction": "outbound-api",
+        "From": settings.hotline_number,
+        "To": first.to_number,
+    }
+    answer = await twilio.post(f"/ivr/status?outbox={first.idempotency_key}", params)
+    assert answer.status_code == 204
+    queued = await outbox_row(settings)
+    assert (queued.status, queued.reason, queued.provider_sid) == ("queued", "retrying", None)
+    later = utcnow() + timedelta(seconds=settings.verification_call_retry_seconds + 5)
+
+    async def no_hook(*_: object) -> None:
+        return None
+
+    engine = create_engine(settings.database_url)
+    sweeper = Dispatcher(  # any process's sweeper, once the retry is due
+        create_sessionmaker(engine),
+        messenger,
+        Keyring(settings),
+        no_hook,
+        RetryPolicy.from_settings(settings),
+        clock=lambda: later,
+    )
+    assert await sweeper.drain() == 1
+    await engine.dispose()
+    second = await outbox_row(settings)
+    assert second.status == "sent" and second.attempts == 2
+    assert second.provider_sid and second.provider_sid.startswith("CA")
+
+
+async def outbox_row(settings: Settings) -> OutboxMessage:
+    engine = create_engine(settings.database_url)
+    async with create_sessionmaker(engine)() as session:
+        [row] = (await session.scalars(select(OutboxMessage))).all()
+    await engine.dispose()
+    return row
 
 
 async def test_an_unreachable_twilio_is_told_honestly_with_the_call_offered(

@@ -180,6 +180,7 @@ class Run:
         call = self.gateway.call(caller=LANDLINE)
         await self.to_method_choice(call, LANDLINE_ONLY)
         await call.press("2")
+        await call.hang_up()  # the code call is placed once the caller hung up
         placed = self.gateway.messenger.to(LANDLINE, "call")
         assert placed
         callback = Call(self.gateway.twilio, caller="+78005550100", called=LANDLINE)

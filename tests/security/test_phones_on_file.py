@@ -141,6 +141,7 @@ async def voice_recoveries(gateway: Gateway) -> None:
     await call.press(LANDLINE_ONLY + "#")
     await call.press("1")
     await call.press("2")
+    await call.hang_up()  # the code call is placed once the caller hung up
     callback = await answer_verification_call(gateway, LANDLINE)
     assert callback is not None
     await callback.press(heard_code(callback))

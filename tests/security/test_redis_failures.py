@@ -274,7 +274,8 @@ async def test_sms_request_fails_closed(gateway: Gateway, outage: Outage, failin
     assert gateway.messenger.sent == []
 
     outage.end()
-    assert await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}") == [sms_reply("sms.reply_requested")]
+    # The code SMS is the owner's reply (§4).
+    assert await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}") == []
     assert purposes(gateway) == ["code"]
 
 

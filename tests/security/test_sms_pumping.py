@@ -129,6 +129,20 @@ async def test_a_recovery_in_progress_is_bounded_by_its_own_cap(gateway: Gateway
     assert await phone.text(f"ВОССТАНОВИТЬ {UNKNOWN}") == [reply("sms.reply_requested")]
 
 
+async def test_the_code_that_answers_the_mobile_on_file_counts_as_its_reply(
+    gateway: Gateway,
+) -> None:
+    """§4, §6.14: the owner's request is answered by the code SMS instead of a reply; it
+    still counts as that reply, so the recovery's replies stop where they did before."""
+    phone = Phone(gateway.twilio, MOBILE)
+    assert await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}") == []
+    assert [m.purpose for m in gateway.messenger.to(MOBILE)] == ["code"]
+    answers = [await phone.text("КОД 12") for _ in range(10)]
+    cap = gateway.settings.rate_limit_replies_per_recovery
+    assert answers[: cap - 1] == [[reply("sms.reply_code_malformed")]] * (cap - 1)
+    assert answers[cap - 1 :] == [[]] * (11 - cap)
+
+
 @limits(rate_limit_caller_starts_per_hour=1)
 async def test_requests_over_the_start_limit_are_not_a_recovery(gateway: Gateway) -> None:
     phone = Phone(gateway.twilio, STRANGER)
@@ -187,6 +201,7 @@ async def call_back_documents(gateway: Gateway, account: str) -> list[str]:
     for keys in ("1", account + "#", "1", "2"):
         await call.press(keys)
         documents.append(call.raw)
+    await call.hang_up()  # the code call is placed once the caller hung up
     return documents
 
 

@@ -134,7 +134,11 @@ CASES: list[tuple[str, Keyword, str, str]] = [
     ("hello", K.unknown, "", "en"),
     ("1234567890", K.unknown, "", "ru"),
     ("1234 5678 90", K.unknown, "", "ru"),
-    ("12345", K.unknown, "", "ru"),
+    # five or seven digits: a code with a digit missed or doubled ("в коде шесть цифр")
+    ("12345", K.code, "", "ru"),
+    ("1234567", K.code, "", "ru"),
+    ("1234", K.unknown, "", "ru"),
+    ("12345678", K.unknown, "", "ru"),
     ("123456 спасибо", K.unknown, "", "ru"),
     ("ab123456", K.unknown, "", "en"),
     ("восстание 123", K.unknown, "", "ru"),
@@ -316,6 +320,9 @@ def test_bare_number_is_a_code_only_with_six_digits(account: str) -> None:
     command = parse_sms(account)
     if len(account) == 6:
         assert command == Command(K.code, account, Language.ru)
+    elif len(account) in (5, 7):
+        # A mistyped code: the dialog says how many digits a code has.
+        assert command == Command(K.code, "", Language.ru)
     else:
         assert command == Command(K.unknown, "", Language.ru)
 

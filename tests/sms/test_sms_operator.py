@@ -79,7 +79,8 @@ async def test_outside_hours_the_reply_gives_the_hours(
         else ("Mon-Fri 8:00-20:00; Sat 10:00-16:00")
     )
     assert text.endswith(hours)
-    assert sms_segments(text) <= 2
+    # A reply goes to whoever texts: one segment, the hours included (issue 13).
+    assert sms_segments(text) == 1
     [case] = await stored_cases(gateway.settings)
     assert (case.kind, case.status) == ("callback", "waiting")
     assert case.context["after_hours"] is True

@@ -12,6 +12,7 @@ from core.models import Escalation, EscalationKind, OutboxMessage
 from core.segments import sms_segments
 from tests.conftest import (
     LANDLINE,
+    LANDLINE_ONLY,
     MOBILE,
     MOBILE_ONLY,
     SECOND_MOBILE,
@@ -67,13 +68,40 @@ def phone(gateway: Gateway) -> Phone:
 async def test_password_by_sms(
     gateway: Gateway, phone: Phone, request_text: str, language: Language
 ) -> None:
-    assert await phone.text(request_text) == [reply("sms.reply_requested", language)]
+    # The mobile on file asks: the code SMS is the reply (it says to send the code back).
+    assert await phone.text(request_text) == []
+    [code_sms] = gateway.messenger.to(MOBILE)
     code = code_in(gateway, MOBILE)
+    assert code_sms.body == PROMPTS.text("sms.code_reply", language, code=code)
     assert await phone.text(f"КОД {code}" if language is Language.ru else code) == []
     password_sms = gateway.messenger.to(MOBILE)[-1]
     assert password_sms.purpose == "password"
-    password = password_sms.body.split()[3].rstrip(".")
+    # The password ends its line: no full stop glued to it when the resident copies it.
+    password = password_sms.body.split()[3]
+    assert password_sms.body.split("\n")[0].endswith(" " + password)
     assert await accepted(gateway, MOBILE_ONLY, password) == (True, True)
+
+
+async def sms_segments_received(gateway: Gateway, phone: Phone, body: str) -> int:
+    """Send one SMS; the segments of its TwiML reply (what the phone receives in answer)."""
+    return sum(sms_segments(text) for text in await phone.text(body))
+
+
+@pytest.mark.parametrize("command", ["ВОССТАНОВИТЬ", "ЛОГИН", "RESTORE", "LOGIN"])
+async def test_a_whole_sms_recovery_costs_the_resident_two_segments(
+    gateway: Gateway, phone: Phone, command: str
+) -> None:
+    """§4, §9 (issue 14): every segment the resident's phone gets on the SMS channel for one
+    successful recovery — replies and messages — is at most 2: the code and the credential."""
+    received = await sms_segments_received(gateway, phone, f"{command} {MOBILE_ONLY}")
+    received += await sms_segments_received(gateway, phone, code_in(gateway, MOBILE))
+    messages = gateway.messenger.to(MOBILE)
+    assert [m.purpose for m in messages] == [
+        "code",
+        "password" if command in ("ВОССТАНОВИТЬ", "RESTORE") else "login",
+    ]
+    received += sum(sms_segments(m.body) for m in messages)
+    assert received <= 2
 
 
 async def test_login_by_sms(gateway: Gateway, phone: Phone) -> None:
@@ -82,16 +110,30 @@ async def test_login_by_sms(gateway: Gateway, phone: Phone) -> None:
     assert gateway.messenger.to(MOBILE)[-1].body.endswith("ivanova.mv")
 
 
-async def test_the_reply_is_the_same_whoever_asks(gateway: Gateway) -> None:
+async def test_the_reply_is_the_same_for_every_sender_but_the_mobile_on_file(
+    gateway: Gateway,
+) -> None:
+    """§4 (revised): the mobile on file gets its code as the reply; every other sender gets
+    the uniform reply, byte for byte the same whether or not the account exists or has a
+    mobile; and the only code goes to the mobile on file."""
     stranger = Phone(gateway.twilio, "+79990001122")
-    replies = [
-        await Phone(gateway.twilio, MOBILE).text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}"),
-        await stranger.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}"),
-        await stranger.text(f"ВОССТАНОВИТЬ {UNKNOWN}"),
-        await Phone(gateway.twilio, LANDLINE).text(f"ВОССТАНОВИТЬ {UNKNOWN}"),
+    landline = Phone(gateway.twilio, LANDLINE)
+    documents = [
+        (await stranger.post_sms(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")).text,
+        (await stranger.post_sms(f"ВОССТАНОВИТЬ {UNKNOWN}")).text,
+        (await stranger.post_sms(f"ВОССТАНОВИТЬ {LANDLINE_ONLY}")).text,
+        # A landline on file is not a mobile: it gets no code by SMS, and the same reply.
+        (await landline.post_sms(f"ВОССТАНОВИТЬ {LANDLINE_ONLY}")).text,
+        (await landline.post_sms(f"ВОССТАНОВИТЬ {UNKNOWN}")).text,
+        # The mobile on file of another account asking for this one is a stranger here.
+        (await Phone(gateway.twilio, SECOND_MOBILE).post_sms(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")).text,
     ]
-    assert all(r == replies[0] for r in replies)
-    # Exactly one code went out: to the mobile on file that asked for it.
+    assert len(set(documents)) == 1
+    assert reply("sms.reply_requested") in documents[0]
+    assert [m for m in gateway.messenger.sent if m.purpose == "code"] == []
+
+    # The owner's reply is the code itself, to that phone only; no second reply.
+    assert await Phone(gateway.twilio, MOBILE).text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}") == []
     codes = [m for m in gateway.messenger.sent if m.purpose == "code"]
     assert [m.to for m in codes] == [MOBILE]
 
@@ -143,6 +185,9 @@ async def test_wrong_and_malformed_codes(gateway: Gateway, phone: Phone) -> None
     wrong = "000000" if code != "000000" else "111111"
     assert await phone.text(wrong) == [reply("sms.reply_code_wrong")]
     assert await phone.text("КОД 12") == [reply("sms.reply_code_malformed")]
+    # A digit missed or doubled: "the code has six digits", not "we did not understand".
+    assert await phone.text(code[:5]) == [reply("sms.reply_code_malformed")]
+    assert await phone.text(code + "1") == [reply("sms.reply_code_malformed")]
     assert await phone.text(code) == []
 
 
@@ -163,7 +208,7 @@ async def test_stop_silences_both_channels_until_start(gateway: Gateway, phone: 
     assert not [m for m in gateway.messenger.sent if m.to == MOBILE]
 
     assert await phone.text("START") == [reply("sms.reply_started", Language.en)]
-    assert await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}") == [reply("sms.reply_requested")]
+    assert await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}") == []  # the code is the reply
     assert code_in(gateway, MOBILE)
 
 
@@ -194,8 +239,13 @@ async def test_retried_webhook_gets_the_same_reply_and_sends_once(
     sid = "SM" + "ab" * 16
     first = await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}", sid=sid)
     second = await phone.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}", sid=sid)
-    assert first == second == [reply("sms.reply_requested")]
+    assert first == second == []  # the code SMS is the reply
     assert len([m for m in gateway.messenger.sent if m.purpose == "code"]) == 1
+    stranger = Phone(gateway.twilio, "+79990001122")
+    sid = "SM" + "cd" * 16
+    first = await stranger.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}", sid=sid)
+    assert await stranger.text(f"ВОССТАНОВИТЬ {MOBILE_ONLY}", sid=sid) == first
+    assert first == [reply("sms.reply_requested")]
 
 
 async def status(gateway: Gateway, sid: str, state: str, error: str = "") -> int:
@@ -228,6 +278,8 @@ async def test_a_bounced_code_changes_no_reply(gateway: Gateway, phone: Phone) -
     assert "ЗВОНОК" in reply("sms.reply_requested") and "CALL" in reply(
         "sms.reply_requested", Language.en
     )
+    # The owners' requests are answered by their code SMS (no TwiML reply), whether or not
+    # that SMS bounces; the replies after it are compared below.
     bounced = [(await phone.post_sms(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")).text]
     row = await code_row(gateway)
     assert await status(gateway, row.provider_sid or "", "undelivered", "30007") == 204
@@ -243,9 +295,10 @@ async def test_a_bounced_code_changes_no_reply(gateway: Gateway, phone: Phone) -
         delivered.append((await delivered_to.post_sms(body)).text)
     assert bounced == delivered
     assert bounced[1] != bounced[2]  # the documents hold the replies, not just empty answers
-    # And the request's reply reads the same to a stranger asking for an unknown account.
+    # And the request's reply reads the same to a stranger, for this account or an unknown one.
     stranger = Phone(gateway.twilio, "+79990001122")
-    assert (await stranger.post_sms(f"ВОССТАНОВИТЬ {UNKNOWN}")).text == bounced[0]
+    asked = (await stranger.post_sms(f"ВОССТАНОВИТЬ {MOBILE_ONLY}")).text
+    assert (await stranger.post_sms(f"ВОССТАНОВИТЬ {UNKNOWN}")).text == asked
     # The call is placed to the phone on file all the same.
     assert len(gateway.messenger.to(MOBILE, "call")) == 1
 
@@ -272,6 +325,7 @@ async def code_prompts(gateway: Gateway, account: str, bounce: bool) -> list[str
     for keys in ("12", wrong_code(gateway, MOBILE) if bounce else "000000", "*", "2"):
         await call.press(keys)
         documents.append(call.raw)
+    await call.hang_up()  # the code call is placed once the caller hung up
     return documents
 
 
