@@ -29,12 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.clock import utcnow
 from core.config import Settings
 from core.metrics import OUTBOUND_RETRIES
-from core.models import OutboxMessage, OutboxStatus
+from core.models import OutboxMessage, OutboxPurpose, OutboxStatus
 from core.phones import mask_phone
 
 log = structlog.get_logger(__name__)
 
-CODE_CALL = "code_call"
 # What the code call's status callback reports when nobody took it.
 UNANSWERED = frozenset({"busy", "no-answer", "failed"})
 
@@ -51,7 +50,7 @@ async def release_after_hangup(
         update(OutboxMessage)
         .where(
             OutboxMessage.attempt_ref == attempt_id,
-            OutboxMessage.purpose == CODE_CALL,
+            OutboxMessage.purpose == OutboxPurpose.code_call,
             OutboxMessage.status == OutboxStatus.queued,
             OutboxMessage.attempts == 0,
             OutboxMessage.next_attempt_at > now,
@@ -63,7 +62,7 @@ async def release_after_hangup(
 
 def retry_unanswered(row: OutboxMessage, settings: Settings, now: datetime | None = None) -> bool:
     """A code call that was busy, not answered or failed is queued again, if it may be."""
-    if row.purpose != CODE_CALL or row.status not in UNANSWERED:
+    if row.purpose != OutboxPurpose.code_call or row.status not in UNANSWERED:
         return False
     if row.attempts > settings.verification_call_retries:
         log.info("code_call.gave_up", to=mask_phone(row.to_number), attempts=row.attempts)
