@@ -23,6 +23,7 @@ from tests.ivr.test_webhooks import (
     at_method_choice,
     at_secret_ready,
     at_verify_code,
+    end_cool_downs,
     last_code,
     ru,
 )
@@ -123,7 +124,7 @@ async def test_code_options_new_code_call_and_operator(gateway: Gateway, redis: 
     await call.press("1")  # within the cool-down: said in seconds, back to the code
     assert "секунд" in call.text and "минут" not in call.text
     assert len(gateway.messenger.to(MOBILE)) == 1
-    await redis.delete(*await redis.keys("cooldown:*"))
+    await end_cool_downs(redis)
     await call.press("*")
     await call.press("1")
     assert ru("voice.code_resent") in call.text
@@ -131,6 +132,7 @@ async def test_code_options_new_code_call_and_operator(gateway: Gateway, redis: 
     await call.press("*")
     await call.press("2")
     assert call.verbs()[-1] == "Hangup"
+    await call.hang_up()  # the code call is placed once the caller has hung up
     assert len(gateway.messenger.to(MOBILE, "call")) == 1
     other = await at_code_entry(gateway, caller=LANDLINE)
     await other.press("*")
