@@ -165,9 +165,10 @@ async def cabinet_gateway(
 
 
 @pytest.fixture(params=[DirectoryKind.sql, DirectoryKind.http], ids=["sql", "cabinet"])
-def either_gateway(request: pytest.FixtureRequest) -> Gateway:
+def either_gateway(request: pytest.FixtureRequest, settings: Settings) -> Gateway:
     """The gateway on its own tables, then against the reference cabinet: for the recovery
-    paths, which must hold with either directory (tests of SQL transactions stay SQL-only)."""
+    paths, which must hold with either directory (tests of SQL transactions stay SQL-only).
+    `settings`, which both use, is named here so that the PostgreSQL pass runs these tests."""
     name = "sql_gateway" if request.param is DirectoryKind.sql else "cabinet_gateway"
     gateway: Gateway = request.getfixturevalue(name)
     return gateway

@@ -383,6 +383,28 @@ def postgres_server(*, durable: bool = False) -> Iterator[str]:
 DATABASE_KINDS = ("sqlite", "postgresql")
 TEMPLATE_DATABASE = "gateway_template"
 
+# A test none of whose fixtures reaches `database_kind` (`settings`, `suite_database_url`,
+# `new_database` and everything built on them do) runs the same whichever database the pass is
+# for: it runs once, in the SQLite pass, and the PostgreSQL pass deselects it (tests/conftest.py).
+DATABASE_INDEPENDENT = pytest.StashKey[bool]()
+
+
+def uses_suite_database(item: pytest.Item) -> bool:
+    """Whether a test's fixtures (its signature, usefixtures, autouse) reach the suite's database."""
+    return "database_kind" in getattr(item, "fixturenames", ())
+
+
+def refuse_if_classified_database_independent(request: pytest.FixtureRequest) -> None:
+    """Fail a test that reaches the suite's database only at run time (getfixturevalue): the
+    PostgreSQL pass, which reads signatures, would have deselected it."""
+    if request.node.stash.get(DATABASE_INDEPENDENT, False):
+        pytest.fail(
+            f"{request.node.nodeid} asks for the suite's database at run time but names no "
+            "database fixture in its signature, so the PostgreSQL pass would not run it: add "
+            "`settings` (or `database_kind`) to the signature of the test or of its fixture.",
+            pytrace=False,
+        )
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -391,6 +413,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("GATEWAY_TEST_DATABASE") or "sqlite",
         help="the database the tests run on (default: $GATEWAY_TEST_DATABASE or sqlite)",
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that do not reach the suite's database (subprocess servers without it, Prism,
+    Chromium on fakes, pure functions, the migrations' own databases) run once: in the SQLite
+    pass; the PostgreSQL pass deselects them (`uses_suite_database`)."""
+    independent = [item for item in items if not uses_suite_database(item)]
+    for item in independent:
+        item.stash[DATABASE_INDEPENDENT] = True
+    if config.getoption("--database") != "sqlite" and independent:
+        config.hook.pytest_deselected(items=independent)
+        items[:] = [item for item in items if uses_suite_database(item)]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -485,6 +519,7 @@ def new_database(
     request: pytest.FixtureRequest, database_kind: str, tmp_path: Path
 ) -> Callable[[], str]:
     """Makes empty databases of the suite's kind for this test: their URLs."""
+    refuse_if_classified_database_independent(request)
     numbers = count(1)
 
     def make() -> str:
@@ -496,11 +531,26 @@ def new_database(
     return make
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file with every migration applied, to copy for each test (a copy takes about a
+    millisecond, replaying the migrations about a tenth of a second)."""
+    from core.migrate import upgrade_database
+
+    template = tmp_path_factory.mktemp("sqlite-template") / "gateway.db"
+    in_own_thread(lambda: asyncio.run(upgrade_database(f"sqlite+aiosqlite:///{template}")))
+    return template
+
+
 @pytest.fixture
 def suite_database_url(request: pytest.FixtureRequest, database_kind: str, tmp_path: Path) -> str:
-    """The database of the `settings` fixture: a SQLite file, or a migrated PostgreSQL copy."""
+    """The database of the `settings` fixture: a copy of a migrated template, a SQLite file or a
+    PostgreSQL database. tests/core/test_migrate.py replays the migrations themselves."""
+    refuse_if_classified_database_independent(request)
     if database_kind == "postgresql":
         template: str = request.getfixturevalue("migrated_postgres_template")
         factory: Callable[..., str] = request.getfixturevalue("new_postgres_database")
         return factory(template)
-    return f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    copy = tmp_path / "gateway.db"
+    shutil.copyfile(request.getfixturevalue("migrated_sqlite_template"), copy)
+    return f"sqlite+aiosqlite:///{copy}"
