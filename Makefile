@@ -30,7 +30,7 @@ lint: install
 # The suite runs twice: on SQLite (the default) and on PostgreSQL (`--database=postgresql`). Every
 # test's database is a fresh copy of a migrated template (a SQLite file; a database on the PostgreSQL
 # server the tests start). Tests that do not reach the suite's database run once, in the SQLite pass
-# (tests/servers.py). Each pass prints its 25 slowest tests.
+# (tests/support/servers.py). Each pass prints its 25 slowest tests.
 # pytest exits 5 when it collected no test: a suite that ran nothing has not passed.
 TEST_DATABASES ?= sqlite postgresql
 

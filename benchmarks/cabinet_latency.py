@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from core.config import DirectoryKind, MessengerKind, Settings
-from tests.cabinet_server import cabinet_settings, serve_cabinet
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, seed_accounts
-from tests.servers import redis_server
+from tests.support.cabinet_server import cabinet_settings, serve_cabinet
+from tests.support.servers import redis_server
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -34,9 +34,9 @@ async def _run(settings: Settings, recoveries: int) -> dict[str, list[float]]:
     import httpx
 
     from gateway.app import create_app
-    from tests.fakes import RecordingMessenger
     from tests.ivr.test_webhooks import CODE
-    from tests.twilio_driver import Call, Twilio
+    from tests.support.fakes import RecordingMessenger
+    from tests.support.twilio_driver import Call, Twilio
 
     await seed_accounts(settings)
     messenger = RecordingMessenger()

@@ -28,13 +28,17 @@ from core.db import create_engine, create_sessionmaker, transaction
 from core.migrate import alembic_config, upgrade_database
 from core.passwords import use_fast_hashing_for_tests
 from gateway.app import create_app
-from tests.fakes import RecordingMessenger
+from tests.support.fakes import RecordingMessenger
 
 if TYPE_CHECKING:
-    from tests.cabinet_server import Cabinet
-from tests.twilio_driver import Call, Twilio
+    from tests.support.cabinet_server import Cabinet
+from tests.support.twilio_driver import Call, Twilio
 
-pytest_plugins = ["tests.servers", "tests.smtp_server", "tests.cabinet_server"]
+pytest_plugins = [
+    "tests.support.servers",
+    "tests.support.smtp_server",
+    "tests.support.cabinet_server",
+]
 
 
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
@@ -72,7 +76,7 @@ async def set_temporary_password(
 @pytest.fixture
 def settings(suite_database_url: str, redis_url: str) -> Settings:
     """Test settings: a fresh database (a SQLite file, or PostgreSQL with `--database=postgresql`,
-    see tests/servers.py), the real Redis server, outbox messenger."""
+    see tests/support/servers.py), the real Redis server, outbox messenger."""
     return Settings(
         _env_file=None,
         database_url=suite_database_url,
@@ -129,7 +133,7 @@ class Gateway:
     twilio: Twilio
     messenger: RecordingMessenger
     settings: Settings
-    # The reference cabinet, when it is the accounts directory (tests/cabinet_server.py).
+    # The reference cabinet, when it is the accounts directory (tests/support/cabinet_server.py).
     cabinet: Cabinet | None = None
 
     async def password_check(self, account: str, password: str) -> tuple[bool, bool]:

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from core.config import Settings
 from core.db import create_engine
 from tests.conftest import head_revision
-from tests.servers import (
+from tests.support.servers import (
     DATABASE_INDEPENDENT,
     pytest_collection_modifyitems,
     refuse_if_classified_database_independent,

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TWILIO_OAI = REPO_ROOT.parent / "shared" / "twilio-oai" / "twilio_api_v2010.json"
 PRISM = REPO_ROOT / "node_modules" / ".bin" / "prism"
 

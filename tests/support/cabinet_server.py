@@ -29,9 +29,9 @@ from cabinet_reference.passwords import Passwords
 from cabinet_reference.store import Store
 from core.config import DirectoryKind, Settings
 from gateway.app import create_app
-from tests.fakes import RecordingMessenger
-from tests.servers import free_port
-from tests.twilio_driver import Twilio
+from tests.support.fakes import RecordingMessenger
+from tests.support.servers import free_port
+from tests.support.twilio_driver import Twilio
 
 if TYPE_CHECKING:
     from tests.conftest import Gateway
