@@ -46,9 +46,9 @@ from core.crypto import Keyring
 from core.db import create_engine, create_sessionmaker, transaction
 from core.delivery import list_outbox, readable_body
 from core.migrate import upgrade_database
-from tests.support.servers import postgres_server
-from tests.support.servers import redis_server as start_redis_server
-from tests.support.twilio_driver import sign
+from gateway.simulator.servers import postgres_server
+from gateway.simulator.servers import redis_server as start_redis_server
+from gateway.simulator.transport import sign
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AUTH_TOKEN = "bench-auth-token-" + "0123456789abcdef"
