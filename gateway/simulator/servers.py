@@ -329,16 +329,18 @@ def _csrf(html: str) -> str:
 
 
 @contextlib.contextmanager
-def serve_cabinet(workdir: Path, accounts_csv: str, **tls: object) -> Iterator[Cabinet]:
+def serve_cabinet(
+    workdir: Path, accounts_csv: str, *, passwords: Passwords | None = None, **tls: object
+) -> Iterator[Cabinet]:
     """A fresh reference cabinet over real HTTP on 127.0.0.1, filled from an accounts CSV (every
-    password INITIAL_PASSWORD); `tls` are uvicorn's ssl_* settings."""
+    password INITIAL_PASSWORD, hashed by `passwords`); `tls` are uvicorn's ssl_* settings."""
     workdir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_hex(24)
     database = workdir / "cabinet.db"
     csv_file = workdir / "accounts.csv"
     csv_file.write_text(accounts_csv, encoding="utf-8")
     store = Store(database)
-    import_csv(store, csv_file, Passwords(), initial_password=INITIAL_PASSWORD)
+    import_csv(store, csv_file, passwords or Passwords(), initial_password=INITIAL_PASSWORD)
     port = free_port()
     failing: list[int] = []
     app = create_cabinet(database, secret, prefix=PREFIX)

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from argon2 import PasswordHasher, profiles
 from redis.asyncio import Redis
 
+from cabinet_reference.passwords import Passwords
 from core.config import DirectoryKind, Settings
 from gateway.app import create_app
 from gateway.simulator import servers
@@ -36,7 +38,10 @@ def serve_cabinet(workdir: Path, **tls: object) -> Iterator[Cabinet]:
     """A fresh reference cabinet over real HTTP, filled from the suite's accounts."""
     from tests.conftest import ACCOUNTS_CSV  # a plugin of tests/conftest.py: no import cycle
 
-    with servers.serve_cabinet(workdir, ACCOUNTS_CSV, **tls) as running:
+    # The initial passwords are hashed at Argon2's cheapest (the cabinet reads the parameters from
+    # each hash): three full-cost hashes were seconds of every cabinet test's set-up.
+    cheap = Passwords(PasswordHasher.from_parameters(profiles.CHEAPEST))
+    with servers.serve_cabinet(workdir, ACCOUNTS_CSV, passwords=cheap, **tls) as running:
         yield running
 
 
