@@ -27,8 +27,10 @@ lint: install
 	$(UV) run ruff format --check .
 	$(UV) run mypy
 
-# The suite runs twice: on SQLite (the default) and on PostgreSQL (`--database=postgresql`: every
-# test's database is a fresh copy of a migrated template on the PostgreSQL server the tests start).
+# The suite runs twice: on SQLite (the default) and on PostgreSQL (`--database=postgresql`). Every
+# test's database is a fresh copy of a migrated template (a SQLite file; a database on the PostgreSQL
+# server the tests start). Tests that do not reach the suite's database run once, in the SQLite pass
+# (tests/support/servers.py). Each pass prints its 25 slowest tests.
 # pytest exits 5 when it collected no test: a suite that ran nothing has not passed.
 TEST_DATABASES ?= sqlite postgresql
 
@@ -40,7 +42,7 @@ check-deploy: system
 test: system install node_modules/.package-lock.json lint check-deploy
 	@for database in $(TEST_DATABASES); do \
 		echo "==> pytest on $$database"; \
-		status=0; $(UV) run pytest --database=$$database $(PYTEST_ARGS) || status=$$?; \
+		status=0; $(UV) run pytest --database=$$database --durations=25 $(PYTEST_ARGS) || status=$$?; \
 		if [ "$$status" -eq 5 ]; then \
 			echo "make test: pytest collected no tests on $$database; that is a failure, not a pass." >&2; \
 			exit 1; \

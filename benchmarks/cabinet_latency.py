@@ -14,15 +14,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
+import re
 import statistics
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from urllib.parse import urljoin
 
+import httpx
+
+from core.accounts_import import import_accounts_csv
 from core.config import DirectoryKind, MessengerKind, Settings
-from tests.cabinet_server import cabinet_settings, serve_cabinet
-from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, seed_accounts
-from tests.servers import redis_server
+from core.db import create_engine, create_sessionmaker, transaction
+from core.migrate import upgrade_database
+from gateway.app import create_app
+from gateway.simulator.servers import cabinet_settings, redis_server, serve_cabinet
+from gateway.simulator.transport import WebhookClient, new_sid
+
+AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
+PUBLIC_BASE_URL = "https://hotline.eirc.example"
+ACCOUNT = "1000000001"
+MOBILE = "+79123456789"
+ACCOUNTS_CSV = f"""account_number,login,full_name,phones,email
+{ACCOUNT},ivanova.mv,Иванова Мария Викторовна,{MOBILE},
+"""
+CODE = re.compile(r"\b(\d{6})\b")
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -30,32 +48,79 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
+class CodeCatcher:
+    """A messenger that sends nothing and keeps the last SMS (the code arrives in it)."""
+
+    keeps_messages = False
+
+    def __init__(self) -> None:
+        self.last_sms = ""
+
+    async def send_sms(self, *, to: str, body: str, purpose: str) -> str:
+        self.last_sms = body
+        return new_sid("SM")
+
+    async def place_call(self, *, to: str, url: str, purpose: str) -> str:
+        return new_sid("CA")
+
+
+class Call:
+    """One call through the voice webhooks: each key press answers the current Gather."""
+
+    def __init__(self, client: WebhookClient) -> None:
+        self.client = client
+        self.sid = new_sid("CA")
+        self.path = "/ivr/voice"
+        self.action: str | None = None
+
+    async def post(self, path: str, **extra: str) -> None:
+        params = {
+            "AccountSid": "AC" + "0" * 32,
+            "ApiVersion": "2010-04-01",
+            "CallSid": self.sid,
+            "CallStatus": "in-progress",
+            "Direction": "inbound",
+            "From": MOBILE,
+            "To": "+78005550100",
+            **extra,
+        }
+        response = await self.client.post(path, params)
+        response.raise_for_status()
+        gather = ET.fromstring(response.text).find("Gather")  # noqa: S314 - our own TwiML
+        self.path, self.action = path, gather.get("action") if gather is not None else None
+
+    async def press(self, digits: str) -> None:
+        assert self.action, f"no Gather after {self.path}"
+        await self.post(urljoin(self.path, self.action), Digits=digits)
+
+
+async def _seed(settings: Settings) -> None:
+    await upgrade_database(settings.database_url)
+    engine = create_engine(settings.database_url)
+    async with transaction(create_sessionmaker(engine)) as session:
+        await import_accounts_csv(session, io.StringIO(ACCOUNTS_CSV), settings)
+    await engine.dispose()
+
+
 async def _run(settings: Settings, recoveries: int) -> dict[str, list[float]]:
-    import httpx
-
-    from gateway.app import create_app
-    from tests.fakes import RecordingMessenger
-    from tests.ivr.test_webhooks import CODE
-    from tests.twilio_driver import Call, Twilio
-
-    await seed_accounts(settings)
-    messenger = RecordingMessenger()
+    await _seed(settings)
+    messenger = CodeCatcher()
     app = create_app(settings, messenger=messenger)
     timings: dict[str, list[float]] = {"confirm": [], "code": []}
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
-            twilio = Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN)
+            client = WebhookClient(http, PUBLIC_BASE_URL, AUTH_TOKEN)
             for _ in range(recoveries):
-                call = Call(twilio, caller=MOBILE)
-                await call.start()
+                call = Call(client)
+                await call.post("/ivr/voice", CallStatus="ringing")
                 await call.press("1")
-                await call.press(MOBILE_ONLY + "#")
+                await call.press(ACCOUNT + "#")
                 started = time.perf_counter()
                 await call.press("1")
                 timings["confirm"].append(time.perf_counter() - started)
                 await call.press("1")
-                match = CODE.search(messenger.to(MOBILE)[-1].body)
+                match = CODE.search(messenger.last_sms)
                 assert match
                 started = time.perf_counter()
                 await call.press(match.group(1))
@@ -96,7 +161,7 @@ def main() -> None:
                 **limits,  # type: ignore[arg-type]
             )
             if kind is DirectoryKind.http:
-                with serve_cabinet(Path(work) / "cabinet") as cabinet:
+                with serve_cabinet(Path(work) / "cabinet", ACCOUNTS_CSV) as cabinet:
                     settings = cabinet_settings(base, cabinet).model_copy(
                         update={"directory_min_lookup_ms": 0}
                     )

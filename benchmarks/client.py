@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from urllib.parse import urlencode
 
-from tests.twilio_driver import sign
+from gateway.simulator.transport import sign
 
 TIMEOUT_SECONDS = 15.0  # Twilio's webhook timeout
 

@@ -17,7 +17,7 @@ Reports rows/s, the ratio to the floor (wall time, and this process's CPU time, 
 machine distorts less; a PostgreSQL server's CPU is not in it) and the peak RSS of each phase
 (VmHWM, reset between phases through /proc/self/clear_refs; without it, the process's peak so
 far). PostgreSQL runs on a throw-away cluster with production durability (started as
-tests/servers.py does); its own memory is not counted. Exits non-zero only when something
+the simulator's servers do); its own memory is not counted. Exits non-zero only when something
 breaks (an import fails or reports other counts than the file implies); the figures themselves
 are reported, never asserted.
 """
@@ -270,7 +270,7 @@ def run(rows: int, database: str) -> dict[str, Any]:
         if database == "sqlite":
             figures = _measure(rows, f"sqlite+aiosqlite:///{workdir / 'gateway.db'}", workdir)
         else:
-            from tests.servers import postgres_server
+            from gateway.simulator.servers import postgres_server
 
             with postgres_server(durable=True) as url:
                 figures = _measure(rows, url, workdir)

@@ -243,7 +243,7 @@ def database(kind: str, workdir: Path) -> Iterator[str]:
     elif kind == "sqlite":
         yield f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
     else:
-        from tests.servers import postgres_server
+        from gateway.simulator.servers import postgres_server
 
         with postgres_server(durable=True) as url:
             yield url
@@ -257,7 +257,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
         return
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is not on PATH: apt-get install redis-server")
-    from tests.servers import redis_server as start_redis
+    from gateway.simulator.servers import redis_server as start_redis
 
     with start_redis(workdir) as url:
         yield url

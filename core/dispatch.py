@@ -271,7 +271,9 @@ class Dispatcher:
         """Sleep up to `seconds`, or until this process schedules a retry (the sweeper's wait)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._rescheduled.wait(), timeout=seconds)
-        self._rescheduled.clear()
+        # Once closing, the wake-up stays set: every napper (sweeper, cabinet settler) ends.
+        if not self._stopping:
+            self._rescheduled.clear()
 
     async def close(self, grace_seconds: float) -> bool:
         """Stop claiming rows and wait (bounded) for the sends in flight; True if all finished.

@@ -24,7 +24,6 @@ import httpx
 import uvicorn
 from playwright.async_api import async_playwright
 from sqlalchemy import func, select, update
-from twilio.request_validator import RequestValidator
 
 from core.accounts_import import import_accounts_csv
 from core.clock import utcnow
@@ -35,6 +34,7 @@ from core.escalations import Escalations
 from core.migrate import upgrade_database
 from core.models import Escalation, EscalationKind, EscalationStatus, OperatorRole
 from core.operators import OperatorRepository
+from gateway.simulator.transport import WebhookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_ACCOUNTS = ROOT / "gateway" / "demo_accounts.csv"
@@ -118,11 +118,8 @@ async def _text(http: httpx.AsyncClient, settings: Settings, sender: str, body: 
         "Body": body,
         "NumSegments": "1",
     }
-    url = settings.public_base_url.rstrip("/") + "/sms/inbound"
-    signature = RequestValidator(DEV_AUTH_TOKEN).compute_signature(url, params)
-    response = await http.post(
-        "/sms/inbound", data=params, headers={"X-Twilio-Signature": signature}
-    )
+    client = WebhookClient(http, settings.public_base_url, DEV_AUTH_TOKEN)
+    response = await client.post("/sms/inbound", params)
     response.raise_for_status()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import secrets
@@ -14,24 +15,32 @@ from typing import Protocol
 import httpx
 import pytest
 import structlog
+from alembic.script import ScriptDirectory
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.accounts import AccountDirectory, SqlAccountDirectory, new_temporary_password
 from core.accounts_import import import_accounts_csv
 from core.config import MessengerKind, Settings
 from core.db import create_engine, create_sessionmaker, transaction
-from core.migrate import upgrade_database
+from core.migrate import alembic_config, upgrade_database
 from core.passwords import use_fast_hashing_for_tests
 from gateway.app import create_app
-from tests.fakes import RecordingMessenger
-from tests.twilio_driver import Call, Twilio
+from tests.support.fakes import RecordingMessenger
+from tests.support.twilio_driver import Call, Twilio
 
-pytest_plugins = ["tests.servers", "tests.smtp_server", "tests.cabinet_server"]
+pytest_plugins = [
+    "tests.support.servers",
+    "tests.support.smtp_server",
+    "tests.support.cabinet_server",
+]
 
 
 class CabinetSignIn(Protocol):
-    """The reference cabinet's sign-in page (tests/cabinet_server.py imports this module)."""
+    """The reference cabinet's sign-in page (tests/support/cabinet_server.py imports this module)."""
 
     async def sign_in(self, account: str, password: str) -> str:
         """Where a sign-in leads ("" refused)."""
@@ -73,7 +82,7 @@ async def set_temporary_password(
 @pytest.fixture
 def settings(suite_database_url: str, redis_url: str) -> Settings:
     """Test settings: a fresh database (a SQLite file, or PostgreSQL with `--database=postgresql`,
-    see tests/servers.py), the real Redis server, outbox messenger."""
+    see tests/support/servers.py), the real Redis server, outbox messenger."""
     return Settings(
         _env_file=None,
         database_url=suite_database_url,
@@ -96,10 +105,27 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+@functools.cache
+def head_revision() -> str | None:
+    """The migrations' head revision."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+async def at_head(engine: AsyncEngine) -> bool:
+    """Whether the database already has every migration (the suite's template copies do)."""
+    try:
+        async with engine.connect() as connection:
+            version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+    except DBAPIError:
+        return False
+    return version is not None and version == head_revision()
+
+
 async def seed_accounts(settings: Settings, csv_text: str = ACCOUNTS_CSV) -> None:
-    """Migrate the database and import accounts."""
-    await upgrade_database(settings.database_url)
+    """Migrate the database (unless it is at head already) and import accounts."""
     engine = create_engine(settings.database_url)
+    if not await at_head(engine):
+        await upgrade_database(settings.database_url)
     async with transaction(create_sessionmaker(engine)) as session:
         await import_accounts_csv(session, io.StringIO(csv_text), settings)
     await engine.dispose()
@@ -113,7 +139,7 @@ class Gateway:
     twilio: Twilio
     messenger: RecordingMessenger
     settings: Settings
-    # The reference cabinet, when it is the accounts directory (tests/cabinet_server.py).
+    # The reference cabinet, when it is the accounts directory (tests/support/cabinet_server.py).
     cabinet: CabinetSignIn | None = None
 
     async def password_check(self, account: str, password: str) -> tuple[bool, bool]:

@@ -24,7 +24,7 @@ from core.models import Account, AccountPhone, Credential, LineType
 from core.passwords import use_fast_hashing_for_tests
 from core.phones import Phone
 from tests.conftest import set_temporary_password
-from tests.hashing import counting_hashes
+from tests.support.hashing import counting_hashes
 
 NUMBER = "1000234528"
 MOBILE_1 = "+79123456789"

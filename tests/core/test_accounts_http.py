@@ -16,8 +16,8 @@ from pydantic import SecretStr
 from core.accounts import Applied, DirectoryUnavailable, PasswordNotSet, TemporaryPassword
 from core.accounts_http import CabinetClient, CabinetSettler, HttpAccountDirectory, signature
 from core.config import DirectoryKind, Settings, UnsafeSettingsError
-from tests.cabinet_server import Cabinet, serve_cabinet
 from tests.conftest import MOBILE_ONLY
+from tests.support.cabinet_server import Cabinet, serve_cabinet
 
 SECRET = "0123456789abcdef0123456789abcdef"
 BASE = "https://cabinet.internal/recovery/v1"

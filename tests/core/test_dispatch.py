@@ -533,3 +533,15 @@ async def test_busy_drains_take_on_what_a_later_request_queued(env: Env) -> None
     assert sum(await asyncio.gather(*running)) == MAX_DRAINS + 1
     assert {(await env.row(row_id)).status for row_id in [*first, late]} == {"sent"}
     assert sorted(to for _, to, _ in messenger.sent).count(SECOND_MOBILE) == 1
+
+
+async def test_every_napper_wakes_for_good_once_the_dispatcher_closes(env: Env) -> None:
+    """The sweeper and the cabinet settler nap on the same wake-up: one that wakes first must not
+    put the other back to sleep for a whole interval (shutdown waited the grace out, 10 s)."""
+    dispatcher = env.dispatcher(ScriptedMessenger([]))
+    first = asyncio.create_task(dispatcher.nap(3600))
+    await asyncio.sleep(0)
+    assert await dispatcher.close(1.0)
+    await first
+    # The second one (busy with a drain when close came) naps after the first cleared the event.
+    await asyncio.wait_for(dispatcher.nap(3600), timeout=60)

@@ -26,8 +26,8 @@ from core.dispatch import Dispatcher, RetryPolicy
 from core.mail import SmtpMailer, mask_email
 from core.models import OutboxMessage
 from tests.core.test_dispatch import Env, ScriptedMessenger, make_env
-from tests.servers import free_port
-from tests.smtp_server import SmtpServer, running_smtp_server
+from tests.support.servers import free_port
+from tests.support.smtp_server import SmtpServer, running_smtp_server
 from voice_prompts import load_catalogue
 
 TO = "e.smirnova@example.ru"

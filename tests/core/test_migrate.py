@@ -21,8 +21,8 @@ from core.db import Base, create_engine
 from core.migrate import alembic_config, downgrade_database, upgrade_database
 from gateway.app import create_app
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, seed_accounts
-from tests.fakes import RecordingMessenger
-from tests.twilio_driver import Call, Twilio
+from tests.support.fakes import RecordingMessenger
+from tests.support.twilio_driver import Call, Twilio
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -24,7 +24,7 @@ from core.models import OutboxMessage
 from gateway.app import create_app
 from gateway.cli import app as cli
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, seed_accounts
-from tests.twilio_driver import Phone, Twilio
+from tests.support.twilio_driver import Phone, Twilio
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from core.passwords import (
     verify_hash,
     verify_nothing,
 )
-from tests.hashing import counting_hashes
+from tests.support.hashing import counting_hashes
 
 
 @pytest.fixture(autouse=True)

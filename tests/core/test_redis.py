@@ -17,7 +17,7 @@ from core.redis import (
     is_sentinel_url,
     parse_sentinel_url,
 )
-from tests.servers import REDIS_START_SECONDS, ServerProcess, free_port
+from tests.support.servers import REDIS_START_SECONDS, ServerProcess, free_port
 
 SENTINEL_URLS = {
     "redis+sentinel://10.0.0.1:26379/gateway": SentinelUrl(

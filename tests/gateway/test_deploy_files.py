@@ -1,8 +1,8 @@
 """The deployment files, checked by the programs that read them (scripts/check-deploy).
 
 Debian's nginx runs `nginx -t` on deploy/nginx.conf and `systemd-analyze verify` the units; a
-broken copy of either must fail the script. Nothing here touches a database: these run in the
-SQLite pass only.
+broken copy of either must fail the script. Nothing here touches a database: these run once, in
+the SQLite pass (tests/conftest.py deselects them from the PostgreSQL one).
 """
 
 from __future__ import annotations
@@ -17,12 +17,6 @@ from core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "check-deploy"
-
-
-@pytest.fixture(autouse=True)
-def once(database_kind: str) -> None:
-    if database_kind != "sqlite":
-        pytest.skip("database-independent: runs in the SQLite pass")
 
 
 def check(deploy: Path) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,6 @@
 """Twilio REST faults, with the real twilio client against the contract mock behind a proxy.
 
-The proxy (tests/gateway/twilio_fault_proxy.py) answers 5xx/429/4xx in Twilio's error format,
+The proxy (tests/support/twilio_fault_proxy.py) answers 5xx/429/4xx in Twilio's error format,
 stalls, or forwards to Prism, which checks every request that gets through against Twilio's
 OpenAPI document. It counts requests: "never sent twice" is counted, not assumed. Time and
 jitter are injected into the dispatcher; the only real waiting is the client's own 0.5 s read
@@ -37,10 +37,10 @@ from tests.conftest import (
     SECOND_MOBILE,
     seed_accounts,
 )
-from tests.fakes import RecordingMessenger
-from tests.gateway.twilio_fault_proxy import FaultProxy
-from tests.servers import free_port
-from tests.twilio_driver import Call, Phone, Twilio
+from tests.support.fakes import RecordingMessenger
+from tests.support.servers import free_port
+from tests.support.twilio_driver import Call, Phone, Twilio
+from tests.support.twilio_fault_proxy import FaultProxy
 from voice_prompts import Language, load_catalogue
 
 ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"

@@ -27,11 +27,11 @@ from sqlalchemy.engine import make_url
 from core.config import Settings
 from gateway.app import create_app
 from tests.conftest import MOBILE, MOBILE_ONLY, Gateway, seed_accounts
-from tests.fakes import RecordingMessenger
 from tests.ivr.test_webhooks import assert_operator_dial, ru
 from tests.security.test_redis_failures import sms_reply
-from tests.servers import free_port, redis_server
-from tests.twilio_driver import Call, Phone, Twilio
+from tests.support.fakes import RecordingMessenger
+from tests.support.servers import free_port, redis_server
+from tests.support.twilio_driver import Call, Phone, Twilio
 
 # Twilio hangs up on a webhook that has not answered in 15 s: the bound every answer must meet
 # with the production timeouts (GATEWAY_REDIS_TIMEOUT_SECONDS, GATEWAY_DATABASE_TIMEOUT_SECONDS).

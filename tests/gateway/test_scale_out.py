@@ -31,14 +31,14 @@ from core.db import create_engine, create_sessionmaker, transaction
 from core.delivery import readable_body
 from core.models import OutboxMessage
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, seed_accounts
-from tests.servers import (
+from tests.support.servers import (
     REPO_ROOT,
     PostgresDatabases,
     ServerProcess,
     free_port,
     in_own_thread,
 )
-from tests.twilio_driver import Call, Phone, Twilio
+from tests.support.twilio_driver import Call, Phone, Twilio
 
 START_SECONDS = 60.0
 REQUEST_SECONDS = 15.0  # Twilio's own limit for a webhook

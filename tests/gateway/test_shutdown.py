@@ -38,9 +38,9 @@ from tests.conftest import (
     TWO_MOBILES_EMAIL,
     seed_accounts,
 )
-from tests.gateway.twilio_fault_proxy import FaultProxy
-from tests.servers import free_port
-from tests.twilio_driver import Phone, Twilio, sign
+from tests.support.servers import free_port
+from tests.support.twilio_driver import Phone, Twilio, sign
+from tests.support.twilio_fault_proxy import FaultProxy
 
 ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"
 # Bounds for waiting on the other process; never assertions about how long things took.

@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 
 from core.accounts_http import CABINET_REQUESTS
-from tests.cabinet_server import INITIAL_PASSWORD, Cabinet
 from tests.conftest import LANDLINE_ONLY, MOBILE, MOBILE_ONLY, UNKNOWN, Gateway
 from tests.ivr.test_webhooks import at_code_entry, last_code, ru
-from tests.twilio_driver import Phone
+from tests.support.cabinet_server import INITIAL_PASSWORD, Cabinet
+from tests.support.twilio_driver import Phone
 from voice_prompts import Language, load_catalogue
 
 PROMPTS = load_catalogue()

@@ -16,7 +16,7 @@ import pytest
 
 from ivr.timing import Estimator, espeak_available
 from tests.conftest import LANDLINE, LANDLINE_ONLY, MOBILE, MOBILE_ONLY, Gateway
-from tests.twilio_driver import Call
+from tests.support.twilio_driver import Call
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 

@@ -21,9 +21,9 @@ from core.db import create_engine, create_sessionmaker, transaction
 from core.models import AuditEvent
 from core.operators import OperatorRepository
 from tests.conftest import MOBILE_ONLY, Gateway
-from tests.hashing import counting_hashes
 from tests.ivr.conftest import OPEN_NOW, set_clock, stored_cases
 from tests.ivr.test_webhooks import PROMPTS, at_account_confirm, ru
+from tests.support.hashing import counting_hashes
 from voice_prompts import Language
 
 QUEUE = "eirc-operators"

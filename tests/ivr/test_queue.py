@@ -29,7 +29,7 @@ from tests.ivr.test_webhooks import (
     ru,
     says,
 )
-from tests.twilio_driver import Call
+from tests.support.twilio_driver import Call
 from voice_prompts import Language, load_catalogue
 
 QUEUE = "eirc-operators"

@@ -14,8 +14,8 @@ from core.config import Settings
 from gateway.app import create_app
 from ivr.timing import Estimator
 from tests.conftest import AUTH_TOKEN, MOBILE_ONLY, PUBLIC_BASE_URL, Gateway, seed_accounts
-from tests.fakes import RecordingMessenger
-from tests.twilio_driver import Call, Twilio
+from tests.support.fakes import RecordingMessenger
+from tests.support.twilio_driver import Call, Twilio
 from voice_prompts import Language, load_catalogue
 
 PROMPTS = load_catalogue()

@@ -8,7 +8,7 @@ from pydantic import SecretStr
 from core.config import Settings
 from tests.conftest import SECOND_MOBILE, TWO_MOBILES_EMAIL, Gateway, queued_emails
 from tests.ivr.test_voice_recovery import last_code, reach_method_choice, spoken_password
-from tests.smtp_server import SmtpServer
+from tests.support.smtp_server import SmtpServer
 
 EMAIL = "e.smirnova@example.ru"
 FIRST_MOBILE = "+79037771230"

@@ -27,7 +27,7 @@ from tests.ivr.test_webhooks import (
     last_code,
     ru,
 )
-from tests.twilio_driver import Call
+from tests.support.twilio_driver import Call
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ from tests.ivr.test_webhooks import (
     ru,
     says,
 )
-from tests.twilio_driver import Call
+from tests.support.twilio_driver import Call
 
 
 @pytest.fixture

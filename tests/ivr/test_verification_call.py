@@ -19,7 +19,7 @@ from core.services import Services
 from ivr.screens import spoken_number
 from tests.conftest import LANDLINE, LANDLINE_ONLY, MOBILE, MOBILE_ONLY, Gateway
 from tests.ivr.test_voice_recovery import reach_method_choice
-from tests.twilio_driver import Call
+from tests.support.twilio_driver import Call
 from voice_prompts import Language, load_catalogue
 
 PROMPTS = load_catalogue()

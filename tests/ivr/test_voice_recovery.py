@@ -22,7 +22,7 @@ from tests.conftest import (
     queued_emails,
     set_temporary_password,
 )
-from tests.twilio_driver import Call, Phone
+from tests.support.twilio_driver import Call, Phone
 from voice_prompts import Language, load_catalogue
 
 CODE = re.compile(r"\b(\d{6})\b")

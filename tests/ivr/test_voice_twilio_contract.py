@@ -20,7 +20,7 @@ from core.models import OutboxMessage
 from core.twilio_rest import TwilioMessenger
 from gateway.app import create_app
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, seed_accounts
-from tests.twilio_driver import Call, Twilio
+from tests.support.twilio_driver import Call, Twilio
 from voice_prompts import Language, load_catalogue
 
 

@@ -36,8 +36,8 @@ from tests.conftest import (
     UNKNOWN,
     Gateway,
 )
-from tests.fakes import RecordingMessenger
-from tests.twilio_driver import Call, sign
+from tests.support.fakes import RecordingMessenger
+from tests.support.twilio_driver import Call, sign
 from voice_prompts import Language, load_catalogue
 
 PROMPTS = load_catalogue()

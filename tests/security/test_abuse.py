@@ -51,7 +51,7 @@ from tests.security.test_rate_limits import (
     limits,
     sms_reply,
 )
-from tests.twilio_driver import Call, Phone
+from tests.support.twilio_driver import Call, Phone
 from voice_prompts import Language
 
 

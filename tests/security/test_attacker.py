@@ -32,7 +32,7 @@ from tests.conftest import (
     Gateway,
 )
 from tests.ivr.test_webhooks import SPOKEN_CODE, spoken_digits
-from tests.twilio_driver import Call, Phone, Twilio
+from tests.support.twilio_driver import Call, Phone, Twilio
 from voice_prompts import Language, load_catalogue
 
 SEED = 20261124

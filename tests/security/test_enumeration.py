@@ -30,7 +30,7 @@ from tests.conftest import (
     Gateway,
     seed_accounts,
 )
-from tests.twilio_driver import Call, Phone, Twilio
+from tests.support.twilio_driver import Call, Phone, Twilio
 
 STRANGER = "+79990001122"
 SAMPLES = 300

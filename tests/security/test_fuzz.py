@@ -480,8 +480,8 @@ async def test_raw_query_strings(gateway: Gateway, path: str, raw_query: bytes, 
 
 
 def test_signing_helper_matches_the_driver() -> None:
-    """The fuzz signs like tests.twilio_driver (so its 'signed' requests really are)."""
-    from tests.twilio_driver import sign
+    """The fuzz signs like tests.support.twilio_driver (so its 'signed' requests really are)."""
+    from tests.support.twilio_driver import sign
 
     params = {"CallSid": "CA1", "Body": "<]]>&"}
     url = PUBLIC_BASE_URL + "/sms/inbound"

@@ -51,8 +51,8 @@ from tests.conftest import (
     Gateway,
     seed_accounts,
 )
-from tests.fakes import RecordingMessenger
-from tests.twilio_driver import Call, Phone, Twilio
+from tests.support.fakes import RecordingMessenger
+from tests.support.twilio_driver import Call, Phone, Twilio
 from voice_prompts import Language
 
 CODE = re.compile(r"\b(\d{6})\b")

@@ -41,7 +41,7 @@ from tests.conftest import (
 )
 from tests.gateway.console.conftest import OPERATOR, ConsoleClient, add_operator
 from tests.ivr.test_webhooks import SPOKEN_CODE, spoken_digits
-from tests.twilio_driver import Call, Phone
+from tests.support.twilio_driver import Call, Phone
 
 ROOT = Path(__file__).resolve().parents[2]
 STRANGER = "+79990001122"  # a mobile on no account

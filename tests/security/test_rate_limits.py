@@ -41,7 +41,7 @@ from tests.ivr.test_webhooks import (
     ru,
     text,
 )
-from tests.twilio_driver import Call, Phone
+from tests.support.twilio_driver import Call, Phone
 from voice_prompts import Language, load_catalogue
 
 PROMPTS = load_catalogue()

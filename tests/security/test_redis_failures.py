@@ -27,7 +27,6 @@ from core.services import Services
 from gateway.app import create_app
 from ivr import session
 from tests.conftest import MOBILE, MOBILE_ONLY, Gateway
-from tests.fakes import RecordingMessenger
 from tests.ivr.test_webhooks import (
     OLD_PASSWORD,
     assert_operator_dial,
@@ -39,8 +38,9 @@ from tests.ivr.test_webhooks import (
     ru,
     set_password,
 )
-from tests.servers import free_port
-from tests.twilio_driver import Call, Phone, Twilio
+from tests.support.fakes import RecordingMessenger
+from tests.support.servers import free_port
+from tests.support.twilio_driver import Call, Phone, Twilio
 from voice_prompts import Language, load_catalogue
 
 PROMPTS = load_catalogue()

@@ -23,8 +23,8 @@ from core.models import OutboxMessage
 from core.twilio_security import MAX_BODY_BYTES, SignatureVerifier
 from gateway.app import create_app
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, Gateway
-from tests.fakes import RecordingMessenger
-from tests.twilio_driver import Phone, sign
+from tests.support.fakes import RecordingMessenger
+from tests.support.twilio_driver import Phone, sign
 
 SIGNATURE = "X-Twilio-Signature"
 FORM_TYPE = {"content-type": "application/x-www-form-urlencoded"}

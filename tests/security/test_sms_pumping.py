@@ -29,7 +29,7 @@ from tests.conftest import (
 )
 from tests.ivr.test_webhooks import audit_events
 from tests.security.test_rate_limits import EXTRA_ACCOUNTS_CSV
-from tests.twilio_driver import Call, Phone
+from tests.support.twilio_driver import Call, Phone
 from voice_prompts import Language, load_catalogue
 
 PROMPTS = load_catalogue()

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 from ivr import calls, transfers
 from sms.router import router as sms_router
 from tests.conftest import Gateway
-from tests.twilio_driver import sign
+from tests.support.twilio_driver import sign
 
 # Every webhook path the app serves (the test below checks that the list is complete).
 WEBHOOK_PATHS = [

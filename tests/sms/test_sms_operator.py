@@ -11,7 +11,7 @@ from core.phones import mask_account
 from core.segments import sms_segments
 from tests.conftest import MOBILE, MOBILE_ONLY, SECOND_MOBILE, Gateway
 from tests.ivr.conftest import CLOSED_NOW, OPEN_NOW, WORKING_HOURS, set_clock, stored_cases
-from tests.twilio_driver import Phone
+from tests.support.twilio_driver import Phone
 from voice_prompts import Language, load_catalogue
 
 PROMPTS = load_catalogue()

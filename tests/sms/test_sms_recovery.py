@@ -21,7 +21,7 @@ from tests.conftest import (
     Gateway,
     queued_emails,
 )
-from tests.twilio_driver import Phone
+from tests.support.twilio_driver import Phone
 from voice_prompts import Language, load_catalogue
 
 PROMPTS = load_catalogue()

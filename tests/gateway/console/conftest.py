@@ -16,7 +16,7 @@ from core.db import create_engine, create_sessionmaker, transaction
 from core.models import AuditEvent, Escalation, OperatorRole, OutboxMessage
 from core.operators import OperatorRepository
 from tests.conftest import MOBILE, Gateway
-from tests.twilio_driver import Phone
+from tests.support.twilio_driver import Phone
 
 OPERATOR = "ivanova"
 SUPERVISOR = "petrov"

@@ -36,7 +36,7 @@ from tests.gateway.console.conftest import (
     escalations,
     outbox,
 )
-from tests.twilio_driver import Call, Phone, Twilio
+from tests.support.twilio_driver import Call, Phone, Twilio
 
 CHROMIUM = Path(os.environ.get("GATEWAY_TEST_CHROMIUM", "/usr/bin/chromium"))
 # Generous for a loaded 2-core CI machine; a broken page fails at the first of them.

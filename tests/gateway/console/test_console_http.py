@@ -37,7 +37,7 @@ from tests.gateway.console.conftest import (
     outbox,
     sms_callback_request,
 )
-from tests.hashing import counting_hashes
+from tests.support.hashing import counting_hashes
 
 
 def set_cookies(response: httpx.Response) -> dict[str, SimpleCookie]:

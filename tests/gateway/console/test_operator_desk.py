@@ -21,7 +21,7 @@ from core.models import EscalationKind, EscalationReason, EscalationStatus
 from core.operator_desk import OperatorDesk, mask_phone_last4
 from core.services import Services
 from tests.conftest import MOBILE, MOBILE_ONLY, seed_accounts
-from tests.fakes import RecordingMessenger
+from tests.support.fakes import RecordingMessenger
 
 # 10:00 in Moscow: "today" there began at 21:00 UTC the day before.
 NOW = datetime(2026, 11, 24, 7, 0, tzinfo=UTC)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 WAIT_SECONDS = 10.0
 

@@ -1,4 +1,5 @@
-"""Drives the gateway like Twilio does: signed form posts, TwiML parsed with an XML parser."""
+"""Drives the gateway like Twilio does: signed form posts (gateway/simulator/transport.py), TwiML
+parsed with an XML parser."""
 
 from __future__ import annotations
 
@@ -9,29 +10,13 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
 import httpx
-from twilio.request_validator import RequestValidator
 
+from gateway.simulator.transport import WebhookClient
+from gateway.simulator.transport import sign as sign  # the one signing function, for the tests
 
-def sign(token: str, url: str, params: dict[str, str]) -> str:
-    """The X-Twilio-Signature Twilio would send."""
-    return str(RequestValidator(token).compute_signature(url, params))
-
-
-@dataclass
-class Twilio:
-    """Posts signed webhooks to the app under test."""
-
-    http: httpx.AsyncClient
-    public_base_url: str
-    auth_token: str
-
-    async def post(
-        self, path: str, params: dict[str, str], *, signature: str | None = None
-    ) -> httpx.Response:
-        """POST a form signed for the public URL (or with the given signature)."""
-        url = self.public_base_url.rstrip("/") + path
-        headers = {"X-Twilio-Signature": signature or sign(self.auth_token, url, params)}
-        return await self.http.post(path, data=params, headers=headers)
+# Posts signed webhooks to the app under test: `Twilio(http, public_base_url, auth_token)` with an
+# httpx client on the app; `post(path, params)` signs for the public URL and posts to the path.
+Twilio = WebhookClient
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""What the tests stand on: servers started for the session, fakes, the Twilio-like driver."""
