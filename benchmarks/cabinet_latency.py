@@ -25,10 +25,10 @@ from urllib.parse import urljoin
 
 import httpx
 
-from core.accounts_import import import_accounts_csv
-from core.config import DirectoryKind, MessengerKind, Settings
-from core.db import create_engine, create_sessionmaker, transaction
-from core.migrate import upgrade_database
+from core.accounts.importer import import_accounts_csv
+from core.platform.db import create_engine, create_sessionmaker, transaction
+from core.platform.migrate import upgrade_database
+from core.platform.settings import DirectoryKind, MessengerKind, Settings
 from gateway.app import create_app
 from gateway.simulator.servers import cabinet_settings, redis_server, serve_cabinet
 from gateway.simulator.transport import WebhookClient, new_sid
@@ -132,7 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recoveries", type=int, default=100)
     args = parser.parse_args()
-    from core.passwords import use_fast_hashing_for_tests
+    from core.accounts.passwords import use_fast_hashing_for_tests
 
     # The hash is the same work for both directories; leave it out of the comparison.
     use_fast_hashing_for_tests()

@@ -15,11 +15,11 @@ from urllib.parse import urljoin
 from sqlalchemy import func, select
 
 from benchmarks.client import signed_post
-from core.config import Settings
-from core.crypto import Keyring
-from core.db import create_engine, create_sessionmaker
-from core.delivery import list_outbox, readable_body
+from core.delivery.outbox import list_outbox, readable_body
 from core.models import OutboxMessage
+from core.platform.crypto import Keyring
+from core.platform.db import create_engine, create_sessionmaker
+from core.platform.settings import Settings
 
 AUTH_TOKEN = "bench-auth-token-" + "0123456789abcdef"
 PUBLIC_BASE_URL = "https://hotline.bench.example"

@@ -7,7 +7,7 @@ use: a mobile and a city landline), then times, in one process:
 
 1. floor: `csv` over the file, phonenumbers parse + line type + E.164 format of every phone, and
    one `executemany` of the results into a fresh SQLite table (the stdlib driver, one transaction);
-2. fresh: `core.accounts_import.import_accounts_csv` into an empty migrated database, commit
+2. fresh: `core.accounts.importer.import_accounts_csv` into an empty migrated database, commit
    included (the CLI's row count for its bar and the migration are not timed);
 3. no-op: the same file again: nothing changes;
 4. changed: a copy of the file with 1 % of the rows changed (new login, every other one a new
@@ -40,10 +40,10 @@ from typing import Any
 
 import phonenumbers
 
-from core.accounts_import import ImportFailed, ImportReport, import_accounts_csv
-from core.config import Settings
-from core.db import create_engine, create_sessionmaker, transaction
-from core.migrate import upgrade_database
+from core.accounts.importer import ImportFailed, ImportReport, import_accounts_csv
+from core.platform.db import create_engine, create_sessionmaker, transaction
+from core.platform.migrate import upgrade_database
+from core.platform.settings import Settings
 
 HEADER = ("account_number", "login", "full_name", "phones", "email")
 FIRST_ACCOUNT = 1_000_000_000

@@ -18,7 +18,7 @@ from pathlib import Path
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("argon2id hash", ("argon2",)),
     ("signature check", ("request_validator", "twilio_security", "hmac")),
-    ("sealing (AES-GCM, keyring)", ("core/crypto", "cryptography")),
+    ("sealing (AES-GCM, keyring)", ("core/platform/crypto", "cryptography")),
     ("SQL: sqlite driver", ("sqlite3", "aiosqlite")),
     ("SQL: asyncpg driver", ("asyncpg",)),
     ("SQL: SQLAlchemy (ORM, compile)", ("sqlalchemy",)),
@@ -28,8 +28,8 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics", ("prometheus_client",)),
     ("form parsing", ("multipart", "urllib/parse", "parse_form")),
     ("pydantic", ("pydantic",)),
-    ("audit chain", ("core/audit",)),
-    ("outbox dispatcher", ("core/dispatch", "core/delivery")),
+    ("audit chain", ("core/audit/log",)),
+    ("outbox dispatcher", ("core/delivery/dispatcher", "core/delivery/outbox")),
     ("FastAPI / Starlette routing and deps", ("fastapi/", "starlette/")),
     ("uvicorn / HTTP / event loop", ("uvicorn", "httptools", "asyncio", "uvloop", "selectors")),
 )

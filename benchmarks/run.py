@@ -65,10 +65,10 @@ from benchmarks.steps import (
     run_step,
     settle,
 )
-from core.accounts_import import import_accounts_csv
-from core.config import Settings
-from core.db import create_engine, create_sessionmaker, transaction
-from core.migrate import upgrade_database
+from core.accounts.importer import import_accounts_csv
+from core.platform.db import create_engine, create_sessionmaker, transaction
+from core.platform.migrate import upgrade_database
+from core.platform.settings import Settings
 
 RESULTS = procs.REPO_ROOT / "benchmarks" / "results"
 # The limits that would stop a benchmark's synthetic callers: thousands of recoveries an hour
@@ -291,9 +291,9 @@ def py_spy(pid: int, path: Path | None) -> Iterator[None]:
 
 
 async def audit_verify(settings: Settings) -> dict[str, Any]:
-    """`audit verify` (core.audit.verify_chain) over the rows the run wrote: time per 10 k rows."""
-    from core.audit import verify_chain
-    from core.crypto import Keyring
+    """`audit verify` (verify_chain) over the rows the run wrote: time per 10 k rows."""
+    from core.audit.log import verify_chain
+    from core.platform.crypto import Keyring
 
     engine = create_engine(settings.database_url)
     try:

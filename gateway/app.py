@@ -15,14 +15,14 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from core.accounts_http import CabinetSettler
-from core.config import Settings
-from core.db import transaction
-from core.delivery import purge_expired_secrets
-from core.deps import ServicesDep
-from core.messenger import Messenger
-from core.services import Services
-from gateway.console import install_console
+from console import install_console
+from core.accounts.http import CabinetSettler
+from core.delivery.messenger import Messenger
+from core.delivery.outbox import purge_expired_secrets
+from core.platform.container import Services
+from core.platform.db import transaction
+from core.platform.settings import Settings
+from core.web.deps import ServicesDep
 from gateway.logging import configure_logging
 from ivr.router import router as ivr_router
 from sms.router import router as sms_router
@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Outside development these refuse to start (core/config.py); here they are loud.
+        # Outside development these refuse to start (core/platform/settings.py); here they are loud.
         for warning in settings.development_warnings():
             log.warning("startup.unsafe_setting", warning=warning)
         services = Services.build(settings, messenger=messenger)

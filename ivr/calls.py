@@ -7,9 +7,9 @@ from typing import Annotated
 import structlog
 from fastapi import Query, Response, status
 
-from core.delivery import record_status
-from core.deps import DbSession, Now, ServicesDep, TwilioRequest
+from core.delivery.outbox import record_status
 from core.models import CALLER_ID_CHARS
+from core.web.deps import DbSession, Now, ServicesDep, TwilioRequest
 from ivr.flow import CallerInput
 from ivr.menu import State
 from ivr.session import CallSession

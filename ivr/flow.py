@@ -7,16 +7,16 @@ from urllib.parse import urlencode
 
 import structlog
 
-from core.clock import Clock, utcnow
-from core.codes import well_formed_code
-from core.config import Settings
-from core.crypto import Keyring
-from core.escalation_service import CaseService, Resident
-from core.hours import Schedule
-from core.metrics import ESCALATIONS
+from core.escalations.service import CaseService, Resident
+from core.kit.schedule import Schedule
 from core.models import EscalationReason as Reason
 from core.models import Verification
-from core.recovery import (
+from core.platform.clock import Clock, utcnow
+from core.platform.crypto import Keyring
+from core.platform.metrics import ESCALATIONS
+from core.platform.settings import Settings
+from core.recovery.codes import well_formed_code
+from core.recovery.service import (
     Attempt,
     Channel,
     Purpose,
@@ -308,7 +308,7 @@ class VoiceFlow:
         if attempt is None:
             return
         url = f"{self._base}/ivr/verify?{urlencode({'a': attempt.id})}"
-        # Placed once this call has ended (the caller is told to hang up): core/code_calls.py.
+        # Placed once this call has ended (the caller is told to hang up): recovery/code_calls.py.
         sent = await self._recovery.request_voice_call(attempt, url, after_hangup=True)
         if await self._held_back(call, sent):
             return

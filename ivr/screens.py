@@ -8,14 +8,14 @@ from urllib.parse import urlencode
 
 import phonenumbers
 
-from core.codes import CODE_DIGITS
-from core.config import OperatorRoute, Settings
-from core.crypto import Keyring
-from core.hours import Schedule
+from core.kit.phones import mask_account
+from core.kit.schedule import Schedule
 from core.models import GIVEN_REASONS, Escalation, EscalationReason, Verification
-from core.operators import MAX_DESK_NUMBER_DIGITS, MAX_DESK_PIN
-from core.phones import mask_account
-from core.recovery import Purpose
+from core.operators.repository import MAX_DESK_NUMBER_DIGITS, MAX_DESK_PIN
+from core.platform.crypto import Keyring
+from core.platform.settings import OperatorRoute, Settings
+from core.recovery.codes import CODE_DIGITS
+from core.recovery.service import Purpose
 from ivr.menu import MENU, Entry, Final, State
 from ivr.session import CallSession
 from ivr.twiml import (

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field, fields
 
 from redis.asyncio import Redis
 
+from core.kit.phones import mask_account
 from core.models import EscalationReason, Verification
-from core.phones import mask_account
-from core.redis import script
+from core.platform.redis import script
 from ivr.menu import State
 from voice_prompts import DEFAULT_LANGUAGE, Language
 

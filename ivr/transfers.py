@@ -8,12 +8,12 @@ import structlog
 from fastapi import Query, Response
 from redis.exceptions import RedisError
 
-from core.audit import AuditLog
-from core.deps import DbSession, ServicesDep, TwilioRequest
-from core.escalation_service import Resident
+from core.audit.log import AuditLog
+from core.escalations.service import Resident
 from core.models import CALLER_ID_CHARS, EscalationReason, Verification
-from core.operators import MAX_DESK_NUMBER_DIGITS, MAX_DESK_PIN, DeskSignIn, DeskVerdict
-from core.services import Services
+from core.operators.repository import MAX_DESK_NUMBER_DIGITS, MAX_DESK_PIN, DeskSignIn, DeskVerdict
+from core.platform.container import Services
+from core.web.deps import DbSession, ServicesDep, TwilioRequest
 from ivr.flow import offer_callback
 from ivr.menu import State
 from ivr.twiml import Ending, Screen, Speech

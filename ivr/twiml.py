@@ -8,7 +8,7 @@ from enum import StrEnum
 from twilio.twiml import TwiML
 from twilio.twiml.voice_response import Gather, SsmlBreak, SsmlSub, VoiceResponse
 
-from core.config import Settings
+from core.platform.settings import Settings
 from voice_prompts import Language
 
 

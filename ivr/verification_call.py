@@ -1,4 +1,4 @@
-"""What a call status callback means for the code by a voice call (§3; core/code_calls.py).
+"""What a call status callback means for the code by a voice call (§3; core/recovery/code_calls.py).
 
 Two kinds of call report to `/ivr/status`: an inbound call to the hotline, whose `completed`
 releases the code call its caller asked for (placed once the caller has hung up), and the code
@@ -10,9 +10,9 @@ from __future__ import annotations
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.code_calls import release_after_hangup, retry_unanswered
 from core.models import OutboxMessage
-from core.services import Services
+from core.platform.container import Services
+from core.recovery.code_calls import release_after_hangup, retry_unanswered
 from ivr.menu import State
 from ivr.session import CallSession
 
@@ -41,7 +41,7 @@ async def after_call_status(
         and call.attempt_id
         and await release_after_hangup(db, call.attempt_id)
     ):
-        # Sent once this response is out (core/deps.py dispatch_after_response).
+        # Sent once this response is out (core/web/deps.py dispatch_after_response).
         services.dispatcher.notify()
         log.info("code_call.released", call=call.call_sid)
 

@@ -13,12 +13,12 @@ import structlog
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from redis.exceptions import RedisError
 
-from core.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequest
-from core.escalation_service import CaseChange, in_own_transaction
-from core.hours import Schedule
-from core.services import Services
-from core.twilio_security import TwilioForm
-from core.webhooks import fallback_route
+from core.escalations.service import CaseChange, in_own_transaction
+from core.kit.schedule import Schedule
+from core.platform.container import Services
+from core.web.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequest
+from core.web.routes import fallback_route
+from core.web.signature import TwilioForm
 from ivr.flow import VoiceFlow
 from ivr.screens import Screens
 from ivr.session import CallSession, CallStore

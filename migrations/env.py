@@ -8,8 +8,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 import core.models  # noqa: F401  (registers the tables)
-from core.config import Settings
-from core.db import Base, create_engine
+from core.platform.db import Base, create_engine
+from core.platform.settings import Settings
 
 target_metadata = Base.metadata
 

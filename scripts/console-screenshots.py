@@ -25,15 +25,15 @@ import uvicorn
 from playwright.async_api import async_playwright
 from sqlalchemy import func, select, update
 
-from core.accounts_import import import_accounts_csv
-from core.clock import utcnow
-from core.config import DEV_AUTH_TOKEN, Settings
-from core.crypto import Keyring
-from core.db import create_engine, create_sessionmaker, transaction
-from core.escalations import Escalations
-from core.migrate import upgrade_database
+from core.accounts.importer import import_accounts_csv
+from core.escalations.repository import Escalations
 from core.models import Escalation, EscalationKind, EscalationStatus, OperatorRole
-from core.operators import OperatorRepository
+from core.operators.repository import OperatorRepository
+from core.platform.clock import utcnow
+from core.platform.crypto import Keyring
+from core.platform.db import create_engine, create_sessionmaker, transaction
+from core.platform.migrate import upgrade_database
+from core.platform.settings import DEV_AUTH_TOKEN, Settings
 from gateway.simulator.transport import WebhookClient
 
 ROOT = Path(__file__).resolve().parents[1]

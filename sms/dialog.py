@@ -7,17 +7,24 @@ from urllib.parse import urlencode
 
 import structlog
 
-from core.clock import Clock, utcnow
-from core.codes import well_formed_code
-from core.config import Settings
-from core.escalation_service import CaseService, Resident
-from core.hours import Schedule
-from core.metrics import ESCALATIONS
+from core.delivery.optouts import OptOuts
+from core.escalations.service import CaseService, Resident
+from core.kit.phones import mask_phone
+from core.kit.schedule import Schedule
 from core.models import EscalationReason as Reason
 from core.models import Verification
-from core.optout import OptOuts
-from core.phones import mask_phone
-from core.recovery import Channel, Purpose, RecoveryService, SendOutcome, Sent, VerifyOutcome
+from core.platform.clock import Clock, utcnow
+from core.platform.metrics import ESCALATIONS
+from core.platform.settings import Settings
+from core.recovery.codes import well_formed_code
+from core.recovery.service import (
+    Channel,
+    Purpose,
+    RecoveryService,
+    SendOutcome,
+    Sent,
+    VerifyOutcome,
+)
 from sms.grammar import Command, Keyword
 from sms.replies import ReplyGate
 from sms.thread import SmsThread, SmsThreads

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
-from core.codes import CODE_DIGITS, well_formed_code
+from core.recovery.codes import CODE_DIGITS, well_formed_code
 from voice_prompts import Language
 
 __all__ = [

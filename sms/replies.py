@@ -2,7 +2,7 @@
 
 A reply (TwiML <Message>) is an SMS we pay for, sent to whoever texted us. So: none at all to a
 sender outside the allowed countries or on a line that is not a resident's own (premium rate,
-shared cost, satellite and other non-geographic ranges: core.phones.outbound_allowed, the
+shared cost, satellite and other non-geographic ranges: core.kit.phones.outbound_allowed, the
 same rule as every other outbound message). The rest are counted in Redis:
 
 - a reply that belongs to a recovery in progress counts against that recovery (its request, the
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import structlog
 
-from core.config import Settings
-from core.phones import mask_phone, outbound_allowed
-from core.ratelimit import Check, Limit, RateLimiter
+from core.kit.phones import mask_phone, outbound_allowed
+from core.platform.settings import Settings
+from core.recovery.limits import Check, Limit, RateLimiter
 
 log = structlog.get_logger(__name__)
 

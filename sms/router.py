@@ -8,15 +8,15 @@ import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from twilio.twiml.messaging_response import MessagingResponse
 
-from core.delivery import FAILED_STATUSES, record_status
-from core.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequest
-from core.hours import Schedule
+from core.delivery.optouts import OptOuts
+from core.delivery.outbox import FAILED_STATUSES, record_status
+from core.kit.phones import InvalidPhoneNumber, mask_phone, outbound_allowed, parse_phone
+from core.kit.schedule import Schedule
 from core.models import OutboxPurpose
-from core.optout import OptOuts
-from core.phones import InvalidPhoneNumber, mask_phone, outbound_allowed, parse_phone
-from core.ratelimit import RateLimiter
-from core.twilio_security import TwilioForm
-from core.webhooks import fallback_route
+from core.recovery.limits import RateLimiter
+from core.web.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequest
+from core.web.routes import fallback_route
+from core.web.signature import TwilioForm
 from sms.dialog import Reply, SmsDialog
 from sms.grammar import parse_sms
 from sms.replies import ReplyGate

@@ -22,12 +22,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.accounts import AccountDirectory, SqlAccountDirectory, new_temporary_password
-from core.accounts_import import import_accounts_csv
-from core.config import MessengerKind, Settings
-from core.db import create_engine, create_sessionmaker, transaction
-from core.migrate import alembic_config, upgrade_database
-from core.passwords import use_fast_hashing_for_tests
+from core.accounts.directory import AccountDirectory, SqlAccountDirectory, new_temporary_password
+from core.accounts.importer import import_accounts_csv
+from core.accounts.passwords import use_fast_hashing_for_tests
+from core.platform.db import create_engine, create_sessionmaker, transaction
+from core.platform.migrate import alembic_config, upgrade_database
+from core.platform.settings import MessengerKind, Settings
 from gateway.app import create_app
 from tests.support.fakes import RecordingMessenger
 from tests.support.twilio_driver import Call, Twilio
@@ -198,9 +198,9 @@ async def queued_emails(settings: Settings, to: str) -> list[str]:
     """E-mail texts queued in the outbox for the billing centre's mailer."""
     from sqlalchemy import select
 
-    from core.crypto import Keyring
-    from core.delivery import readable_body
+    from core.delivery.outbox import readable_body
     from core.models import OutboundChannel, OutboxMessage
+    from core.platform.crypto import Keyring
 
     engine = create_engine(settings.database_url)
     async with create_sessionmaker(engine)() as session:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.hours import Schedule, parse_hours
+from core.kit.schedule import Schedule, parse_hours
 from voice_prompts import Language, load_catalogue
 
 PROMPTS = load_catalogue()
@@ -83,7 +83,7 @@ def test_a_cool_down_is_said_in_seconds(seconds: int) -> None:
 
 
 def test_the_password_alphabet_avoids_misheard_letters() -> None:
-    from core.config import Settings
+    from core.platform.settings import Settings
 
     alphabet = Settings(_env_file=None).temp_password_alphabet
     assert not set("hcjqwxy") & set(alphabet)

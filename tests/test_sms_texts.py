@@ -2,7 +2,7 @@
 
 The texts are found in the catalogue's [sms] section at collection time, so a key added later is
 checked without editing this file. Each placeholder is filled with its longest, most expensive
-value (core.segments.worst_case_values); a placeholder nobody has decided a worst case for fails
+value (core.kit.segments.worst_case_values); a placeholder nobody has decided a worst case for fails
 the test by name. Test ids and messages carry keys, languages and figures, never the texts.
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from core import segments
-from core.config import TEMP_PASSWORD_TTL_MAX_HOURS, Settings
-from core.segments import (
+from core.kit import segments
+from core.kit.segments import (
     UnknownPlaceholderError,
     segment_report,
     sms_budget,
@@ -20,6 +19,7 @@ from core.segments import (
     worst_case_text,
     worst_case_values,
 )
+from core.platform.settings import TEMP_PASSWORD_TTL_MAX_HOURS, Settings
 from voice_prompts import Catalogue, Language, load_catalogue
 
 SMS_KEYS = sms_keys(load_catalogue())
@@ -111,7 +111,7 @@ def test_worst_cases_follow_the_settings(settings: Settings) -> None:
 
 
 def test_the_report_lists_every_sms_text(capsys: pytest.CaptureFixture[str]) -> None:
-    """`python -m core.segments` prints a row per text and language, and agrees with the tests."""
+    """`python -m core.kit.segments` prints a row per text and language, and agrees with the tests."""
     status = segments.main()
     lines = capsys.readouterr().out.splitlines()
     for key in SMS_KEYS:

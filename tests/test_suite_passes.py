@@ -8,8 +8,8 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import text
 
-from core.config import Settings
-from core.db import create_engine
+from core.platform.db import create_engine
+from core.platform.settings import Settings
 from tests.conftest import head_revision
 from tests.support.servers import (
     DATABASE_INDEPENDENT,

@@ -6,7 +6,7 @@ phone.py puts them together with the outbox; servers.py starts the servers the t
 benchmark run against.
 """
 
-from core.segments import sms_segments
+from core.kit.segments import sms_segments
 from gateway.simulator.phone import OutboxChannel, OutboxItem, OutboxReader, PhoneSimulator
 from gateway.simulator.terminal import (
     CallerHungUp,

@@ -33,7 +33,7 @@ from cabinet_reference.app import create_app as create_cabinet
 from cabinet_reference.importer import import_csv
 from cabinet_reference.passwords import Passwords
 from cabinet_reference.store import Store
-from core.config import DirectoryKind, Settings
+from core.platform.settings import DirectoryKind, Settings
 
 REDIS_START_SECONDS = 30.0
 POSTGRES_START_SECONDS = 60.0

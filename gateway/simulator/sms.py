@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from core.segments import sms_segments
+from core.kit.segments import sms_segments
 from gateway.simulator.terminal import SimulatorIO
 from gateway.simulator.transport import (
     API_VERSION,

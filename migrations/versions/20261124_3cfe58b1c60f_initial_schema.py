@@ -10,7 +10,7 @@ from typing import Sequence, Union
 from alembic import op
 import sqlalchemy as sa
 
-import core.db
+import core.platform.db
 
 
 # revision identifiers, used by Alembic.
@@ -29,14 +29,14 @@ def upgrade() -> None:
     sa.Column('login', sa.String(length=128), nullable=False),
     sa.Column('full_name', sa.String(length=256), nullable=False),
     sa.Column('email', sa.String(length=256), nullable=True),
-    sa.Column('created_at', core.db.UtcDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', core.platform.db.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', core.platform.db.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_accounts')),
     sa.UniqueConstraint('account_number', name=op.f('uq_accounts_account_number'))
     )
     op.create_table('audit_events',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('created_at', core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', core.platform.db.UtcDateTime(timezone=True), nullable=False),
     sa.Column('event', sa.String(length=64), nullable=False),
     sa.Column('channel', sa.String(length=16), nullable=False),
     sa.Column('session_ref', sa.String(length=64), nullable=False),
@@ -58,7 +58,7 @@ def upgrade() -> None:
     sa.Column('purpose', sa.String(length=32), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('provider_sid', sa.String(length=64), nullable=True),
-    sa.Column('created_at', core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', core.platform.db.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox'))
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
@@ -82,9 +82,9 @@ def upgrade() -> None:
     sa.Column('account_id', sa.Integer(), nullable=False),
     sa.Column('password_hash', sa.String(length=256), nullable=False),
     sa.Column('is_temporary', sa.Boolean(), nullable=False),
-    sa.Column('expires_at', core.db.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('used_at', core.db.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('changed_at', core.db.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', core.platform.db.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('used_at', core.platform.db.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('changed_at', core.platform.db.UtcDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_credentials_account_id_accounts'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('account_id', name=op.f('pk_credentials'))
     )

@@ -10,7 +10,7 @@ from typing import Sequence, Union
 from alembic import op
 import sqlalchemy as sa
 
-import core.db
+import core.platform.db
 
 
 # revision identifiers, used by Alembic.
@@ -28,10 +28,10 @@ def upgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.add_column(sa.Column('idempotency_key', sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column('attempts', sa.Integer(), server_default='0', nullable=False))
-        batch_op.add_column(sa.Column('next_attempt_at', core.db.UtcDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('send_before', core.db.UtcDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('next_attempt_at', core.platform.db.UtcDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('send_before', core.platform.db.UtcDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('claim_token', sa.String(length=32), nullable=True))
-        batch_op.add_column(sa.Column('claimed_until', core.db.UtcDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('claimed_until', core.platform.db.UtcDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('reason', sa.String(length=32), nullable=True))
         batch_op.create_index('ix_outbox_status_due', ['status', 'next_attempt_at'], unique=False)
         batch_op.create_unique_constraint(batch_op.f('uq_outbox_idempotency_key'), ['idempotency_key'])

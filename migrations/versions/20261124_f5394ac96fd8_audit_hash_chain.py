@@ -13,7 +13,7 @@ from typing import Sequence, Union
 from alembic import op
 import sqlalchemy as sa
 
-import core.db
+import core.platform.db
 
 
 # revision identifiers, used by Alembic.

@@ -1,6 +1,6 @@
 """account import digest
 
-The digest of the CSV row an account was last imported from (core/accounts_import.py), so that
+The digest of the CSV row an account was last imported from (core/accounts/importer.py), so that
 re-importing an unchanged file reads each row's digest instead of parsing its phones again.
 Accounts imported before it have none and are compared field by field once, then get one.
 

@@ -54,7 +54,7 @@ def test_no_module_of_the_reference_imports_the_gateway() -> None:
 def test_the_walker_sees_an_import_of_the_gateway(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text(
-        "import json\nfrom core.config import Settings\nimport importlib\n"
+        "import json\nfrom core.platform.settings import Settings\nimport importlib\n"
         "importlib.import_module('gateway.app')\nimport voice_prompts.ru as r\n"
     )
     assert imported_roots(module) & GATEWAY_PACKAGES == {"core", "gateway", "voice_prompts"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Settings
+from core.platform.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "check-deploy"

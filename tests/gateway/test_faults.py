@@ -20,14 +20,14 @@ from redis.asyncio import Redis
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core.config import MessengerKind, Settings
-from core.crypto import Keyring
-from core.db import create_engine, create_sessionmaker, transaction
-from core.delivery import Delivery, record_status
-from core.dispatch import Dispatcher, RetryPolicy
-from core.messenger import OUTBOX_KEY_PARAM
+from core.delivery.dispatcher import Dispatcher, RetryPolicy
+from core.delivery.messenger import OUTBOX_KEY_PARAM
+from core.delivery.outbox import Delivery, record_status
+from core.delivery.twilio import TwilioMessenger
 from core.models import OutboxMessage
-from core.twilio_rest import TwilioMessenger
+from core.platform.crypto import Keyring
+from core.platform.db import create_engine, create_sessionmaker, transaction
+from core.platform.settings import MessengerKind, Settings
 from gateway.app import create_app
 from tests.conftest import (
     AUTH_TOKEN,

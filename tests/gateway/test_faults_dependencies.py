@@ -24,7 +24,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
-from core.config import Settings
+from core.platform.settings import Settings
 from gateway.app import create_app
 from tests.conftest import MOBILE, MOBILE_ONLY, Gateway, seed_accounts
 from tests.ivr.test_webhooks import assert_operator_dial, ru

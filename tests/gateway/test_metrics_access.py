@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from core.config import Settings, UnsafeSettingsError
+from core.platform.settings import Settings, UnsafeSettingsError
 from tests.conftest import Gateway
 from tests.ivr.test_webhooks import production
 

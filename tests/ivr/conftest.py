@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from core.config import Settings
-from core.db import create_engine, create_sessionmaker
 from core.models import Escalation
+from core.platform.db import create_engine, create_sessionmaker
+from core.platform.settings import Settings
 from tests.conftest import Gateway
 
 MOSCOW = ZoneInfo("Europe/Moscow")

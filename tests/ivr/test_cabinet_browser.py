@@ -12,7 +12,7 @@ import re
 from playwright.async_api import Browser, expect
 
 from tests.conftest import MOBILE_ONLY, Gateway
-from tests.gateway.console.test_console_browser import STEP_TIMEOUT_MS, browser  # noqa: F401
+from tests.console.test_console_browser import STEP_TIMEOUT_MS, browser  # noqa: F401
 from tests.ivr.test_cabinet_recovery import texted_password
 from tests.ivr.test_webhooks import at_code_entry, last_code, ru
 from tests.support.cabinet_server import INITIAL_PASSWORD, Cabinet

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.accounts_http import CABINET_REQUESTS
+from core.accounts.http import CABINET_REQUESTS
 from tests.conftest import LANDLINE_ONLY, MOBILE, MOBILE_ONLY, UNKNOWN, Gateway
 from tests.ivr.test_webhooks import at_code_entry, last_code, ru
 from tests.support.cabinet_server import INITIAL_PASSWORD, Cabinet

@@ -22,7 +22,7 @@ async def test_a_call_holds_at_most_a_kib_of_redis_just_after_the_code_was_sent(
     assert any(key.startswith("call:") for key in keys), keys
     assert any(key.startswith("attempt:") for key in keys), keys
     assert sum(sizes.values()) <= KIB, sizes
-    # One key for the call and one for its attempt, code and cool-down (core/codes.py).
+    # One key for the call and one for its attempt, code and cool-down (core/recovery/codes.py).
     assert not [key for key in keys if key.split(":")[0] in ("code", "cooldown")], keys
     # Compact encodings: short strings and listpacks, never a hash table or a skip list.
     for key in keys:

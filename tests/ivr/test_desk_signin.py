@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from core.config import OperatorRoute, Settings
-from core.db import create_engine, create_sessionmaker, transaction
 from core.models import AuditEvent
-from core.operators import OperatorRepository
+from core.operators.repository import OperatorRepository
+from core.platform.db import create_engine, create_sessionmaker, transaction
+from core.platform.settings import OperatorRoute, Settings
 from tests.conftest import MOBILE_ONLY, Gateway
 from tests.ivr.conftest import OPEN_NOW, set_clock, stored_cases
 from tests.ivr.test_webhooks import PROMPTS, at_account_confirm, ru

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Settings
-from core.crypto import Keyring
 from core.models import GIVEN_REASONS, EscalationReason, Verification
-from core.recovery import Channel, Purpose
+from core.platform.crypto import Keyring
+from core.platform.settings import Settings
+from core.recovery.service import Channel, Purpose
 from ivr.menu import (
     ACTION_TARGETS,
     ENTRY_STATES,
@@ -33,7 +33,7 @@ from ivr.twiml import Renderer
 from voice_prompts import Catalogue, Language, load_catalogue
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = [*sorted((REPO / "ivr").glob("*.py")), REPO / "core" / "recovery.py"]
+SOURCES = [*sorted((REPO / "ivr").glob("*.py")), REPO / "core" / "recovery" / "service.py"]
 SECTIONS = ("voice", "whisper", "sms", "email")
 PROMPT_KEY = re.compile(r"^(voice|whisper|sms|email)\.[a-z0-9_]+$")
 CYRILLIC = re.compile(r"[а-яё]", re.IGNORECASE)

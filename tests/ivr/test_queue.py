@@ -9,10 +9,10 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import pytest
 
-from core.config import OperatorRoute, Settings
-from core.crypto import Keyring
+from core.kit.phones import mask_account
 from core.models import EscalationReason
-from core.phones import mask_account
+from core.platform.crypto import Keyring
+from core.platform.settings import OperatorRoute, Settings
 from gateway.simulator import PhoneSimulator, ScriptedIO
 from ivr.menu import State
 from ivr.screens import Screens

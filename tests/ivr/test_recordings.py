@@ -10,7 +10,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from core.config import Settings
+from core.platform.settings import Settings
 from gateway.app import create_app
 from ivr.timing import Estimator
 from tests.conftest import AUTH_TOKEN, MOBILE_ONLY, PUBLIC_BASE_URL, Gateway, seed_accounts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from core.config import Settings
+from core.platform.settings import Settings
 from tests.conftest import SECOND_MOBILE, TWO_MOBILES_EMAIL, Gateway, queued_emails
 from tests.ivr.test_voice_recovery import last_code, reach_method_choice, spoken_password
 from tests.support.smtp_server import SmtpServer

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from redis.asyncio import Redis
 
-from core.config import Settings
+from core.platform.settings import Settings
 from ivr.timing import Estimator, espeak_available
 from tests.conftest import LANDLINE, MOBILE, Gateway
 from tests.ivr.conftest import CLOSED_NOW, OPEN_NOW, WORKING_HOURS, set_clock

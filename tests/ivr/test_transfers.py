@@ -12,10 +12,10 @@ from urllib.parse import urljoin
 import pytest
 from redis.asyncio import Redis
 
-from core.config import Settings
+from core.kit.phones import mask_account
 from core.models import CALLER_ID_CHARS
-from core.phones import mask_account
-from core.recovery import RecoveryService
+from core.platform.settings import Settings
+from core.recovery.service import RecoveryService
 from ivr.flow import VoiceFlow
 from ivr.menu import State
 from tests.conftest import LANDLINE, LANDLINE_ONLY, MOBILE, MOBILE_ONLY, Gateway

@@ -1,5 +1,5 @@
 """The code by a voice call: placed after the caller hung up, from the hotline's number, once,
-and placed again when nobody answered (§3; core/code_calls.py, ivr/verification_call.py)."""
+and placed again when nobody answered (§3; core/recovery/code_calls.py, ivr/verification_call.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from core.clock import utcnow
-from core.config import Settings
-from core.db import create_engine, create_sessionmaker
-from core.dispatch import Dispatcher
+from core.delivery.dispatcher import Dispatcher
 from core.models import OutboxMessage
-from core.services import Services
+from core.platform.clock import utcnow
+from core.platform.container import Services
+from core.platform.db import create_engine, create_sessionmaker
+from core.platform.settings import Settings
 from ivr.screens import spoken_number
 from tests.conftest import LANDLINE, LANDLINE_ONLY, MOBILE, MOBILE_ONLY, Gateway
 from tests.ivr.test_voice_recovery import reach_method_choice

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from core.accounts import SqlAccountDirectory
-from core.config import DirectoryKind
-from core.db import create_engine, create_sessionmaker, transaction
-from core.recovery import RecoveryService
+from core.accounts.directory import SqlAccountDirectory
+from core.platform.db import create_engine, create_sessionmaker, transaction
+from core.platform.settings import DirectoryKind
+from core.recovery.service import RecoveryService
 from tests.conftest import (
     LANDLINE,
     LANDLINE_ONLY,
@@ -259,8 +259,8 @@ async def test_temporary_password_expires_and_is_single_use(gateway: Gateway) ->
     second = await spoken_password(call)
     from sqlalchemy import update
 
-    from core.clock import utcnow
     from core.models import Credential
+    from core.platform.clock import utcnow
 
     async with transaction(sessionmaker) as session:
         await session.execute(update(Credential).values(expires_at=utcnow() - timedelta(minutes=1)))

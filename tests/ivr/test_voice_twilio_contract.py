@@ -11,13 +11,13 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from core.clock import utcnow
-from core.config import MessengerKind, Settings
-from core.crypto import Keyring
-from core.db import create_engine, create_sessionmaker
-from core.dispatch import Dispatcher, RetryPolicy
+from core.delivery.dispatcher import Dispatcher, RetryPolicy
+from core.delivery.twilio import TwilioMessenger
 from core.models import OutboxMessage
-from core.twilio_rest import TwilioMessenger
+from core.platform.clock import utcnow
+from core.platform.crypto import Keyring
+from core.platform.db import create_engine, create_sessionmaker
+from core.platform.settings import MessengerKind, Settings
 from gateway.app import create_app
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, seed_accounts
 from tests.support.twilio_driver import Call, Twilio
@@ -174,6 +174,6 @@ async def test_an_unreachable_twilio_is_told_honestly_with_the_call_offered(
     async with create_sessionmaker(engine)() as session:
         [row] = (await session.scalars(select(OutboxMessage))).all()
     await engine.dispose()
-    # Not lost: queued again for a retry with backoff (core/dispatch.py), the call offered now.
+    # Not lost: queued again for a retry with backoff (core/delivery/dispatcher.py), the call offered now.
     assert (row.status, row.purpose, row.provider_sid) == ("queued", "code", None)
     assert row.attempts >= 1 and (row.error_code, row.reason) == ("connect", "retrying")

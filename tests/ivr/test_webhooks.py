@@ -16,11 +16,11 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
-from core.config import Settings, UnsafeSettingsError
-from core.db import create_engine, create_sessionmaker, transaction
+from core.accounts.passwords import hash_password
 from core.models import Account, AuditEvent, Credential
-from core.passwords import hash_password
-from core.recovery import RecoveryService
+from core.platform.db import create_engine, create_sessionmaker, transaction
+from core.platform.settings import Settings, UnsafeSettingsError
+from core.recovery.service import RecoveryService
 from gateway.app import create_app
 from ivr.menu import MENU, State, successors
 from ivr.screens import spoken_number

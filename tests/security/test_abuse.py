@@ -12,11 +12,11 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from core.codes import CodeStore
-from core.config import Settings
-from core.db import create_sessionmaker, transaction
-from core.recovery import Channel, Purpose, VerifyOutcome
-from core.services import Services
+from core.platform.container import Services
+from core.platform.db import create_sessionmaker, transaction
+from core.platform.settings import Settings
+from core.recovery.codes import CodeStore
+from core.recovery.service import Channel, Purpose, VerifyOutcome
 from ivr.session import CallStore
 from tests.conftest import (
     LANDLINE,

@@ -18,10 +18,10 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
-from core.config import Settings
-from core.db import create_engine, create_sessionmaker, transaction
+from core.kit.phones import parse_phone
 from core.models import Account, AuditEvent, Credential
-from core.phones import parse_phone
+from core.platform.db import create_engine, create_sessionmaker, transaction
+from core.platform.settings import Settings
 from ivr.session import CallStore
 from tests.conftest import (
     ACCOUNTS_CSV,

@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from typer.testing import CliRunner, Result
 
-from core.audit import (
+from core.audit.log import (
     GENESIS_HASH,
     AuditLog,
     ChainBreak,
@@ -24,17 +24,17 @@ from core.audit import (
     seal_row,
     verify_chain,
 )
-from core.config import Settings
-from core.crypto import Keyring
-from core.db import create_engine, create_sessionmaker, transaction
-from core.migrate import upgrade_database
 from core.models import AuditEvent
-from gateway.cli_audit import audit_app
+from core.platform.crypto import Keyring
+from core.platform.db import create_engine, create_sessionmaker, transaction
+from core.platform.migrate import upgrade_database
+from core.platform.settings import Settings
+from gateway.cli.audit import audit_app
 from tests.conftest import MOBILE, MOBILE_ONLY, TWO_MOBILES_EMAIL, Gateway
 
 SECRET_KEY = "audit-test-secret-key-0123456789abcdef"
 
-# Mounted the way gateway/cli.py mounts it.
+# Mounted the way gateway/cli/main.py mounts it.
 cli = typer.Typer()
 cli.add_typer(audit_app, name="audit")
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from core.config import Settings
+from core.platform.settings import Settings
 from tests.conftest import (
     AUTH_TOKEN,
     LANDLINE_ONLY,

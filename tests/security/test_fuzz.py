@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 
-from core.twilio_security import MAX_BODY_BYTES, MAX_FIELDS
+from core.web.signature import MAX_BODY_BYTES, MAX_FIELDS
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, UNKNOWN, Gateway
 from tests.security.test_signature_edges import asgi_post
 

@@ -20,9 +20,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from core.accounts import AccountRecord
-from core.config import Settings
-from core.crypto import Keyring
+from core.accounts.directory import AccountRecord
+from core.kit.phones import parse_phone
 from core.models import (
     Credential,
     Escalation,
@@ -31,9 +30,10 @@ from core.models import (
     OutboundChannel,
     OutboxMessage,
 )
-from core.phones import parse_phone
-from core.recovery import Attempt, Channel, Completion, Purpose
-from core.twilio_security import SignatureVerifier, TwilioForm
+from core.platform.crypto import Keyring
+from core.platform.settings import Settings
+from core.recovery.service import Attempt, Channel, Completion, Purpose
+from core.web.signature import SignatureVerifier, TwilioForm
 from gateway.app import create_app
 from ivr.menu import State
 from ivr.session import CallSession, CallStore

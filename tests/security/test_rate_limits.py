@@ -17,10 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from core.config import Settings
-from core.crypto import Keyring
-from core.ratelimit import LOG_NAMES, Check, Limit, RateLimiter
-from core.services import Services
+from core.platform.container import Services
+from core.platform.crypto import Keyring
+from core.platform.settings import Settings
+from core.recovery.limits import LOG_NAMES, Check, Limit, RateLimiter
 from tests.conftest import (
     LANDLINE,
     LANDLINE_ONLY,

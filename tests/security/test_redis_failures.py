@@ -22,8 +22,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from core import codes
-from core.services import Services
+from core.platform.container import Services
+from core.recovery import codes
 from gateway.app import create_app
 from ivr import session
 from tests.conftest import MOBILE, MOBILE_ONLY, Gateway
@@ -54,7 +54,7 @@ def everything(_: tuple[Any, ...]) -> bool:
 
 
 def running(lua: str) -> Matcher:
-    """Runs of one Lua script (its SHA, as `core.redis.Script` sends it)."""
+    """Runs of one Lua script (its SHA, as `core.platform.redis.Script` sends it)."""
     sha = hashlib.sha1(lua.encode(), usedforsecurity=False).hexdigest()
 
     def matches(args: tuple[Any, ...]) -> bool:
@@ -63,7 +63,7 @@ def running(lua: str) -> Matcher:
     return matches
 
 
-# What used to be keys of their own live in the attempt's hash (core/codes.py) and the call's
+# What used to be keys of their own live in the attempt's hash (core/recovery/codes.py) and the call's
 # hash (ivr/session.py): their scripts say which part is touched.
 ISSUE_CODE = running(codes._ISSUE)
 CHECK_CODE = running(codes._VERIFY)

@@ -17,10 +17,10 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from core.config import Settings, UnsafeSettingsError
-from core.db import create_engine, create_sessionmaker, transaction
 from core.models import OutboxMessage
-from core.twilio_security import MAX_BODY_BYTES, SignatureVerifier
+from core.platform.db import create_engine, create_sessionmaker, transaction
+from core.platform.settings import Settings, UnsafeSettingsError
+from core.web.signature import MAX_BODY_BYTES, SignatureVerifier
 from gateway.app import create_app
 from tests.conftest import AUTH_TOKEN, MOBILE, MOBILE_ONLY, PUBLIC_BASE_URL, Gateway
 from tests.support.fakes import RecordingMessenger

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 import pytest
 from _pytest.mark.structures import MarkDecorator
 
-from core.config import Settings
-from core.phones import outbound_allowed
+from core.kit.phones import outbound_allowed
+from core.platform.settings import Settings
 from sms.thread import SmsThreads
 from tests.conftest import (
     LANDLINE,

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 import pytest
 
-from core.config import Settings
-from core.phones import mask_account
-from core.segments import sms_segments
+from core.kit.phones import mask_account
+from core.kit.segments import sms_segments
+from core.platform.settings import Settings
 from tests.conftest import MOBILE, MOBILE_ONLY, SECOND_MOBILE, Gateway
 from tests.ivr.conftest import CLOSED_NOW, OPEN_NOW, WORKING_HOURS, set_clock, stored_cases
 from tests.support.twilio_driver import Phone

@@ -7,9 +7,9 @@ import re
 import pytest
 from sqlalchemy import select
 
-from core.db import create_engine, create_sessionmaker
+from core.kit.segments import sms_segments
 from core.models import Escalation, EscalationKind, OutboxMessage
-from core.segments import sms_segments
+from core.platform.db import create_engine, create_sessionmaker
 from tests.conftest import (
     LANDLINE,
     LANDLINE_ONLY,

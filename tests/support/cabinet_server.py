@@ -19,7 +19,7 @@ from argon2 import PasswordHasher, profiles
 from redis.asyncio import Redis
 
 from cabinet_reference.passwords import Passwords
-from core.config import DirectoryKind, Settings
+from core.platform.settings import DirectoryKind, Settings
 from gateway.app import create_app
 from gateway.simulator import servers
 from gateway.simulator.servers import INITIAL_PASSWORD, Cabinet, cabinet_settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.messenger import DeliveryFailed
+from core.delivery.messenger import DeliveryFailed
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from core import passwords
+from core.accounts import passwords
 
 
 @dataclass

@@ -276,7 +276,7 @@ def postgres_databases(postgres_url: str) -> PostgresDatabases:
 @pytest.fixture(scope="session")
 def migrated_postgres_template(postgres_databases: PostgresDatabases) -> Iterator[str]:
     """A database with every migration applied, to copy for each test; its name."""
-    from core.migrate import upgrade_database
+    from core.platform.migrate import upgrade_database
 
     postgres_databases.drop(TEMPLATE_DATABASE)
     postgres_databases.execute(f'CREATE DATABASE "{TEMPLATE_DATABASE}" TEMPLATE template0')
@@ -321,7 +321,7 @@ def new_database(
 def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite file with every migration applied, to copy for each test (a copy takes about a
     millisecond, replaying the migrations about a tenth of a second)."""
-    from core.migrate import upgrade_database
+    from core.platform.migrate import upgrade_database
 
     template = tmp_path_factory.mktemp("sqlite-template") / "gateway.db"
     in_own_thread(lambda: asyncio.run(upgrade_database(f"sqlite+aiosqlite:///{template}")))
@@ -331,7 +331,7 @@ def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def suite_database_url(request: pytest.FixtureRequest, database_kind: str, tmp_path: Path) -> str:
     """The database of the `settings` fixture: a copy of a migrated template, a SQLite file or a
-    PostgreSQL database. tests/core/test_migrate.py replays the migrations themselves."""
+    PostgreSQL database. tests/core/platform/test_migrate.py replays the migrations themselves."""
     refuse_if_classified_database_independent(request)
     if database_kind == "postgresql":
         template: str = request.getfixturevalue("migrated_postgres_template")
