@@ -163,14 +163,15 @@ class Gateway:
         return Call(self.twilio, caller=caller, settle=self.settle)
 
     async def settle(self) -> None:
-        """Wait until nothing due is left unsent: the sweeper may hold a row a request released
-        (its drain then finds the row claimed and returns before the send is done)."""
+        """Wait until nothing due is left unsent and no send is in flight: the sweeper may hold a
+        row a request released (our drain then finds it claimed and returns before it is sent)."""
         dispatcher = self.app.state.services.dispatcher
         for _ in range(200):
             await dispatcher.drain()
-            due = await dispatcher.seconds_until_due()
-            if due is None or due > 0:
-                return
+            if not dispatcher.busy:
+                due = await dispatcher.seconds_until_due()
+                if due is None or due > 0:
+                    return
             await asyncio.sleep(0.05)
 
 

@@ -236,6 +236,11 @@ class Dispatcher:
                 handled += await self._guarded_send(message_id)
         return handled
 
+    @property
+    def busy(self) -> bool:
+        """Whether a drain is going round or a send is in flight in this process."""
+        return self._drains > 0 or self._in_flight > 0
+
     async def seconds_until_due(self) -> float | None:
         """How long until the next queued row is due (0: now); None when nothing waits."""
         async with self._sessionmaker() as session:
