@@ -116,10 +116,14 @@ class Phone:
     twilio: Twilio
     number: str
     short_number: str = "+78005550101"
+    # Awaited after each text: what the webhook queued is sent before the test looks.
+    settle: Callable[[], Awaitable[None]] | None = None
 
     async def text(self, body: str, *, sid: str | None = None) -> list[str]:
         """Send one SMS; the replies in the MessagingResponse."""
         response = await self.post_sms(body, sid=sid)
+        if self.settle is not None:
+            await self.settle()
         assert response.status_code == 200, (response.status_code, response.text)
         document = ET.fromstring(response.text)
         assert document.tag == "Response"
