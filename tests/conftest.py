@@ -8,6 +8,7 @@ import io
 import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -163,16 +164,39 @@ class Gateway:
         return Call(self.twilio, caller=caller, settle=self.settle)
 
     async def settle(self) -> None:
-        """Wait until nothing due is left unsent and no send is in flight: the sweeper may hold a
-        row a request released (our drain then finds it claimed and returns before it is sent)."""
-        dispatcher = self.app.state.services.dispatcher
-        for _ in range(200):
-            await dispatcher.drain()
-            if not dispatcher.busy:
-                due = await dispatcher.seconds_until_due()
-                if due is None or due > 0:
-                    return
-            await asyncio.sleep(0.05)
+        """Wait until what the requests so far queued is sent (every request through `twilio`
+        already waits for this: `settled_client`)."""
+        await settle_app(self.app)
+
+
+async def settle_app(app: FastAPI) -> None:
+    """Wait until nothing due is left unsent and no send is in flight: the sweeper may hold a
+    row a request released (our drain then finds it claimed and returns before it is sent)."""
+    dispatcher = app.state.services.dispatcher
+    for _ in range(200):
+        await dispatcher.drain()
+        if not dispatcher.busy:
+            due = await dispatcher.seconds_until_due()
+            if due is None or due > 0:
+                return
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def settled_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the app whose every response waits until what the request queued is
+    sent, so a test never reads the messenger while the dispatcher's sweeper holds a row."""
+
+    async def settle_after(_response: httpx.Response) -> None:
+        await settle_app(app)
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://gateway.internal",
+        event_hooks={"response": [settle_after]},
+    ) as http:
+        yield http
 
 
 @pytest.fixture
@@ -187,12 +211,8 @@ async def sql_gateway(settings: Settings, redis: Redis) -> AsyncIterator[Gateway
     await seed_accounts(settings)
     messenger = RecordingMessenger()
     app = create_app(settings, messenger=messenger)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway.internal"
-        ) as http:
-            yield Gateway(app, Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), messenger, settings)
+    async with app.router.lifespan_context(app), settled_client(app) as http:
+        yield Gateway(app, Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), messenger, settings)
 
 
 async def queued_emails(settings: Settings, to: str) -> list[str]:

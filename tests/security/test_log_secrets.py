@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -50,6 +49,7 @@ from tests.conftest import (
     UNKNOWN,
     Gateway,
     seed_accounts,
+    settled_client,
 )
 from tests.support.fakes import RecordingMessenger
 from tests.support.twilio_driver import Call, Phone, Twilio
@@ -102,10 +102,8 @@ async def gateway_logging(settings: Settings) -> AsyncIterator[Gateway]:
     await seed_accounts(settings)
     messenger = RecordingMessenger()
     app = create_app(settings, messenger=messenger)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.internal") as h:
-            yield Gateway(app, Twilio(h, PUBLIC_BASE_URL, AUTH_TOKEN), messenger, settings)
+    async with app.router.lifespan_context(app), settled_client(app) as h:
+        yield Gateway(app, Twilio(h, PUBLIC_BASE_URL, AUTH_TOKEN), messenger, settings)
 
 
 # -- the flows ----------------------------------------------------------------------------

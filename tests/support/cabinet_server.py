@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 from argon2 import PasswordHasher, profiles
 from redis.asyncio import Redis
@@ -57,20 +56,14 @@ async def cabinet_gateway(
     settings: Settings, redis: Redis, cabinet: Cabinet
 ) -> AsyncIterator[Gateway]:
     """The gateway with GATEWAY_DIRECTORY=http against the reference cabinet."""
-    from tests.conftest import AUTH_TOKEN, PUBLIC_BASE_URL, Gateway, seed_accounts
+    from tests.conftest import AUTH_TOKEN, PUBLIC_BASE_URL, Gateway, seed_accounts, settled_client
 
     await seed_accounts(settings)  # the gateway's own tables stay, unused for look-ups
     config = cabinet_settings(settings, cabinet)
     messenger = RecordingMessenger()
     app = create_app(config, messenger=messenger)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway.internal"
-        ) as http:
-            yield Gateway(
-                app, Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), messenger, config, cabinet
-            )
+    async with app.router.lifespan_context(app), settled_client(app) as http:
+        yield Gateway(app, Twilio(http, PUBLIC_BASE_URL, AUTH_TOKEN), messenger, config, cabinet)
 
 
 @pytest.fixture(params=[DirectoryKind.sql, DirectoryKind.http], ids=["sql", "cabinet"])
