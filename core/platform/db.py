@@ -67,7 +67,16 @@ def create_engine(url: str, *, timeout_seconds: float | None = None) -> AsyncEng
     """
     url = normalize_database_url(url)
     if url.startswith("sqlite"):
-        return create_async_engine(url, connect_args={"timeout": 30})
+        # The driver begins a transaction at its first write (INSERT, UPDATE, DELETE), and
+        # IMMEDIATE takes SQLite's one write lock right there, waiting for it (`timeout`). A
+        # deferred BEGIN would let a transaction that wrote only a temporary table read the
+        # main tables and ask for the write lock later; if another transaction holds that lock
+        # and waits to commit behind the first one's read, SQLite fails one of them at once
+        # with "database is locked" (the accounts import against the dispatcher did, in CI).
+        # Reads outside a write stay lock-free and concurrent.
+        return create_async_engine(
+            url, connect_args={"timeout": 30, "isolation_level": "IMMEDIATE"}
+        )
     connect_args: dict[str, float] = {}
     options: dict[str, float] = {}
     if make_url(url).get_driver_name() == "asyncpg":
