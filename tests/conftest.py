@@ -161,7 +161,7 @@ class Gateway:
 
     def call(self, caller: str = MOBILE) -> Call:
         """A new inbound call."""
-        return Call(self.twilio, caller=caller, settle=self.settle)
+        return Call(self.twilio, caller=caller)
 
     async def settle(self) -> None:
         """Wait until what the requests so far queued is sent (every request through `twilio`

@@ -26,7 +26,7 @@ def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
 @pytest.fixture
 def phone(gateway: Gateway) -> Phone:
     set_clock(gateway, OPEN_NOW)
-    return Phone(gateway.twilio, MOBILE, settle=gateway.settle)
+    return Phone(gateway.twilio, MOBILE)
 
 
 def reply(key: str, language: Language = Language.ru) -> str:

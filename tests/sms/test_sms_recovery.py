@@ -53,7 +53,7 @@ def gateway(either_gateway: Gateway) -> Gateway:
 
 @pytest.fixture
 def phone(gateway: Gateway) -> Phone:
-    return Phone(gateway.twilio, MOBILE, settle=gateway.settle)
+    return Phone(gateway.twilio, MOBILE)
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,11 @@
 """Drives the gateway like Twilio does: signed form posts (gateway/simulator/transport.py), TwiML
-parsed with an XML parser."""
+parsed with an XML parser. The test gateway's client waits after every request until what it
+queued is sent (tests/conftest.py `settled_client`)."""
 
 from __future__ import annotations
 
 import secrets
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
@@ -31,8 +31,6 @@ class Call:
     path: str = "/ivr/voice"
     history: list[str] = field(default_factory=list)
     raw: str = ""
-    # Awaited after `hang_up`: lets what the callback queued be sent (Gateway.settle).
-    settle: Callable[[], Awaitable[None]] | None = None
 
     def _params(self, **extra: str) -> dict[str, str]:
         return {
@@ -98,8 +96,6 @@ class Call:
         """The call ended: Twilio's status callback, as the number's "call status changes"
         webhook sends it (docs/operations.md); the HTTP status of the answer."""
         response = await self.twilio.post("/ivr/status", self._params(CallStatus=status))
-        if self.settle is not None:
-            await self.settle()
         return response.status_code
 
     def dial_whisper_url(self) -> str:
@@ -116,14 +112,10 @@ class Phone:
     twilio: Twilio
     number: str
     short_number: str = "+78005550101"
-    # Awaited after each text: what the webhook queued is sent before the test looks.
-    settle: Callable[[], Awaitable[None]] | None = None
 
     async def text(self, body: str, *, sid: str | None = None) -> list[str]:
         """Send one SMS; the replies in the MessagingResponse."""
         response = await self.post_sms(body, sid=sid)
-        if self.settle is not None:
-            await self.settle()
         assert response.status_code == 200, (response.status_code, response.text)
         document = ET.fromstring(response.text)
         assert document.tag == "Response"
