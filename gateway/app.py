@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -84,9 +85,15 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
         purger = asyncio.create_task(_sweep_outbox(services))
         settler = services.cabinet_settler()
         settling = asyncio.create_task(_settle_cabinet(services, settler)) if settler else None
+        # Everything built so far (modules, the app, its routes, the services) lives as long as
+        # the process: moved out of the collector's generations, it is not walked again by every
+        # full collection, which otherwise costs a busy server more CPU than whole menu steps
+        # (docs/performance.md). Objects made later are collected as ever.
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             # Graceful shutdown (outbound delivery): uvicorn has finished the in-flight requests
             # (and the sends they started); now stop claiming rows and let the sends in flight
             # (the sweeper's) finish, bounded. Whatever is still queued waits for the next
