@@ -137,6 +137,29 @@ class Screen:
     leave: bool = False
     redirect: str | None = None
 
+    @property
+    def secret(self) -> bool:
+        """Whether a code or a password is said (slowly: `Speech.slow`)."""
+        before = self.gather.before if self.gather else ()
+        return any(isinstance(line, Speech) and line.slow for line in (*before, *self.lines))
+
+    def key(self) -> tuple[object, ...]:
+        """Everything the document depends on, hashable."""
+        return (
+            tuple(self.lines),
+            self.gather,
+            self.ending,
+            self.dial,
+            self.enqueue,
+            self.dial_queue,
+            self.leave,
+            self.redirect,
+        )
+
+
+# How many rendered documents a renderer keeps (oldest dropped first).
+RENDERED_SCREENS = 512
+
 
 # Twilio speaks SSML only with these voices (Amazon Polly, Google); others get plain text.
 SSML_VOICE_PREFIXES = ("Polly.", "Google.")
@@ -149,6 +172,7 @@ class Renderer:
     def __init__(self, settings: Settings) -> None:
         self._voices = {Language.ru: settings.voice_ru, Language.en: settings.voice_en}
         self._timeout = settings.gather_timeout_seconds
+        self._rendered: dict[tuple[object, ...], str] = {}
 
     def _ssml(self, language: Language) -> bool:
         return self._voices[language].startswith(SSML_VOICE_PREFIXES)
@@ -175,7 +199,24 @@ class Renderer:
                 holder.nest(part)
 
     def render(self, screen: Screen) -> str:
-        """The TwiML document for a screen."""
+        """The TwiML document for a screen.
+
+        Most calls walk the same few screens, so documents are kept (the last
+        `RENDERED_SCREENS` of them), except any that carries a secret: a code or a password is
+        never kept past the request that says it.
+        """
+        if screen.secret:
+            return self._render(screen)
+        key = screen.key()
+        document = self._rendered.get(key)
+        if document is None:
+            document = self._render(screen)
+            if len(self._rendered) >= RENDERED_SCREENS:
+                del self._rendered[next(iter(self._rendered))]
+            self._rendered[key] = document
+        return document
+
+    def _render(self, screen: Screen) -> str:
         response = VoiceResponse()
         if screen.gather:
             spec = screen.gather

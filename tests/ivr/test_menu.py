@@ -29,7 +29,7 @@ from ivr.menu import (
 )
 from ivr.screens import Screens
 from ivr.session import CallSession
-from ivr.twiml import Renderer
+from ivr.twiml import RENDERED_SCREENS, Renderer
 from voice_prompts import Catalogue, Language, load_catalogue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -396,6 +396,61 @@ def test_secret_screens_say_the_secret(menu_settings: Settings, catalogue: Catal
         "".join(say.itertext()) for say in render(menu_settings, catalogue, code_call).iter("Say")
     )
     assert catalogue.digits(SAMPLE_CODE, Language.ru) in text
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_a_kept_document_is_the_one_rendered_afresh(
+    menu_settings: Settings, catalogue: Catalogue, state: State
+) -> None:
+    """The renderer keeps documents of screens without a secret; a kept one is the same text."""
+    keyring = Keyring(menu_settings)
+    screens = Screens(settings=menu_settings, keyring=keyring, prompts=catalogue)
+    renderer = Renderer(menu_settings)
+    for purpose in Purpose:
+        for step in (7, 8):
+            call = sample_call(state, Language.ru, keyring, purpose)
+            call.step = step
+            screen = screens.screen(call)
+            first = renderer.render(screen)
+            assert renderer.render(screens.screen(call)) == first
+            assert Renderer(menu_settings).render(screen) == first
+            if state is not State.operator and MENU[state].final is None:
+                assert f"s={step}" in first  # another step is another document
+
+
+@pytest.mark.parametrize("state", [State.secret_ready, State.verify_code])
+def test_no_document_with_a_secret_is_kept(
+    menu_settings: Settings, catalogue: Catalogue, state: State
+) -> None:
+    """A code, password or login is never kept past the request that says it."""
+    keyring = Keyring(menu_settings)
+    screens = Screens(settings=menu_settings, keyring=keyring, prompts=catalogue)
+    renderer = Renderer(menu_settings)
+    for purpose in Purpose:
+        screen = screens.screen(sample_call(state, Language.ru, keyring, purpose))
+        assert screen.secret
+        assert renderer.render(screen) == renderer.render(screen)
+        assert kept(renderer) == []
+    menu = sample_call(State.main_menu, Language.ru, keyring, Purpose.password)
+    assert not screens.screen(menu).secret
+    renderer.render(screens.screen(menu))
+    assert len(kept(renderer)) == 1  # documents without a secret are kept
+
+
+def kept(renderer: Renderer) -> list[str]:
+    """The documents a renderer keeps."""
+    return list(renderer._rendered.values())
+
+
+def test_the_kept_documents_are_bounded(menu_settings: Settings, catalogue: Catalogue) -> None:
+    keyring = Keyring(menu_settings)
+    screens = Screens(settings=menu_settings, keyring=keyring, prompts=catalogue)
+    renderer = Renderer(menu_settings)
+    call = sample_call(State.main_menu, Language.ru, keyring, Purpose.password)
+    for step in range(RENDERED_SCREENS + 10):
+        call.step = step
+        renderer.render(screens.screen(call))
+    assert len(kept(renderer)) == RENDERED_SCREENS
 
 
 def flow_notices() -> set[str]:
