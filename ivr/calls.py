@@ -9,12 +9,11 @@ from fastapi import Query, Response, status
 
 from core.delivery.outbox import record_status
 from core.models import CALLER_ID_CHARS
-from core.web.deps import DbSession, Now, ServicesDep, TwilioRequest
 from ivr.flow import CallerInput
 from ivr.menu import State
 from ivr.session import CallSession
 from ivr.verification_call import after_call_status
-from ivr.webhook import Flow, apology, call_sid_of, call_store, render, voice_router
+from ivr.webhook import Webhook, call_sid_of, voice_router
 
 log = structlog.get_logger(__name__)
 
@@ -24,77 +23,67 @@ router = voice_router()
 
 
 @router.post("/voice")
-async def incoming_call(form: TwilioRequest, services: ServicesDep, flow: Flow) -> Response:
+async def incoming_call(hook: Webhook) -> Response:
     """A new call: greeting and main menu in one prompt."""
-    call_sid = call_sid_of(form)
-    store = call_store(services)
-    call = CallSession(call_sid=call_sid, caller=form.get("From")[:CALLER_ID_CHARS])
+    call_sid = call_sid_of(hook.form)
+    store = hook.parts.calls
+    call = CallSession(call_sid=call_sid, caller=hook.form.get("From")[:CALLER_ID_CHARS])
     if not await store.create(call):
         # A retried first webhook: answer the same, start nothing twice.
         call = await store.load(call_sid) or call
     log.info("ivr.call", call=call_sid, state=call.state)
-    return render(services, call)
+    return hook.render(call)
 
 
 @router.post("/step")
-async def menu_step(
-    form: TwilioRequest,
-    services: ServicesDep,
-    flow: Flow,
-    step: Annotated[int, Query(alias="s", ge=0)],
-    now: Now,
-) -> Response:
+async def menu_step(hook: Webhook, step: Annotated[int, Query(alias="s", ge=0)]) -> Response:
     """One caller input (keys or speech) for the step the Gather was rendered at."""
+    form = hook.form
     call_sid = call_sid_of(form)
-    store = call_store(services)
+    store = hook.parts.calls
     claimed, call = await store.claim_step(call_sid, step)
     if call is None:
-        return apology(services, call_sid, now)
+        return hook.apology(call_sid)
     if not claimed or step != call.step:
         # A replayed or retried webhook: the same answer, no second side effect.
         log.info("ivr.replay", call=call_sid, step=step)
-        return render(services, call)
-    await flow.handle(
+        return hook.render(call)
+    await hook.flow.handle(
         call, CallerInput(digits=form.get("Digits")[:64], speech=form.get("SpeechResult")[:300])
     )
     call.step += 1
     await store.save(call)
     log.info("ivr.step", call=call_sid, step=call.step, state=call.state)
-    return render(services, call)
+    return hook.render(call)
 
 
 @router.post("/verify")
 async def verification_call(
-    form: TwilioRequest,
-    services: ServicesDep,
-    flow: Flow,
-    attempt_id: Annotated[str, Query(alias="a", max_length=64)],
+    hook: Webhook, attempt_id: Annotated[str, Query(alias="a", max_length=64)]
 ) -> Response:
     """The outbound call to the phone on file: nothing secret before a key is pressed."""
-    call_sid = call_sid_of(form)
-    store = call_store(services)
+    call_sid = call_sid_of(hook.form)
+    store = hook.parts.calls
     existing = await store.load(call_sid)
     if existing is not None:
-        return render(services, existing)
-    call = await flow.open_verification_call(call_sid, attempt_id)
+        return hook.render(existing)
+    call = await hook.flow.open_verification_call(call_sid, attempt_id)
     # The resident is the called party here: an operator would call them back on it.
-    call.caller = form.get("To")[:CALLER_ID_CHARS]
+    call.caller = hook.form.get("To")[:CALLER_ID_CHARS]
     if call.state is State.verify_greeting:
         await store.create(call)
-    return render(services, call)
+    return hook.render(call)
 
 
 @router.post("/status", status_code=status.HTTP_204_NO_CONTENT)
 async def call_status(
-    form: TwilioRequest,
-    services: ServicesDep,
-    db: DbSession,
-    outbox: Annotated[str | None, Query(max_length=64)] = None,
+    hook: Webhook, outbox: Annotated[str | None, Query(max_length=64)] = None
 ) -> Response:
     """Call status callback: a finished call's state (and any sealed secret) is dropped.
 
     A transfer still waiting when the call ends was abandoned by the caller.
     """
+    form, services, db = hook.form, hook.services, hook.db.session
     call_sid = call_sid_of(form)
     # Our own outbound calls (code calls) keep their status in the outbox, found by their sid
     # or by our key from the StatusCallback URL (`outbox`).
@@ -102,9 +91,10 @@ async def call_status(
     if form.get("CallStatus") in FINAL_CALL_STATUSES:
         # The code call: placed once its caller hung up, placed again if nobody answered.
         completed = row is None and form.get("CallStatus") == "completed"
-        ended = await call_store(services).load(call_sid) if completed else None
+        calls = hook.parts.calls
+        ended = await calls.load(call_sid) if completed else None
         await after_call_status(services, db, ended, form.get("CallStatus"), row)
-        await call_store(services).end(call_sid)
+        await calls.end(call_sid)
         await services.cases(db).abandoned(call_sid)
     log.info("ivr.status", call=call_sid, status=form.get("CallStatus")[:16])
     return Response(status_code=status.HTTP_204_NO_CONTENT)

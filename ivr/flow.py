@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import urlencode
 
 import structlog
@@ -56,20 +58,31 @@ class VoiceFlow:
         self,
         *,
         settings: Settings,
-        recovery: RecoveryService,
+        recovery: Callable[[], RecoveryService],
         keyring: Keyring,
         prompts: Catalogue,
-        cases: CaseService,
+        cases: Callable[[], CaseService],
+        schedule: Schedule,
         clock: Clock = utcnow,
     ) -> None:
+        # The recovery service and the cases are made when a step first needs them (most menu
+        # steps do not): with them, the request's database session.
         self._settings = settings
-        self._recovery = recovery
+        self._make_recovery = recovery
         self._keyring = keyring
         self._prompts = prompts
-        self._cases = cases
+        self._make_cases = cases
         self._clock = clock
-        self._schedule = Schedule.from_settings(settings)
+        self._schedule = schedule
         self._base = settings.public_base_url.rstrip("/")
+
+    @cached_property
+    def _recovery(self) -> RecoveryService:
+        return self._make_recovery()
+
+    @cached_property
+    def _cases(self) -> CaseService:
+        return self._make_cases()
 
     # -- input ------------------------------------------------------------------------------
 

@@ -6,17 +6,23 @@ decides what a call does next.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Annotated
+from weakref import WeakKeyDictionary
 
 import structlog
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.escalations.service import CaseChange, in_own_transaction
 from core.kit.schedule import Schedule
 from core.platform.container import Services
-from core.web.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequest
+from core.platform.settings import Settings
+from core.web.deps import RequestTransaction, SendAfterResponse, TwilioRequest
 from core.web.routes import fallback_route
 from core.web.signature import TwilioForm
 from ivr.flow import VoiceFlow
@@ -50,14 +56,50 @@ def twiml(body: str) -> Response:
     return Response(content=body, media_type=XML)
 
 
+@dataclass(frozen=True, eq=False)
+class VoiceParts:
+    """The voice channel's stateless parts, built once from the services they were made of."""
+
+    settings: Settings
+    redis: Redis
+    screens: Screens
+    renderer: Renderer
+    calls: CallStore
+    schedule: Schedule
+
+    @classmethod
+    def build(cls, services: Services) -> VoiceParts:
+        settings = services.settings
+        return cls(
+            settings=settings,
+            redis=services.redis,
+            screens=Screens(settings=settings, keyring=services.keyring, prompts=services.prompts),
+            renderer=Renderer(settings),
+            calls=CallStore(services.redis, settings.call_state_ttl_seconds),
+            schedule=Schedule.from_settings(settings),
+        )
+
+
+_parts: WeakKeyDictionary[Services, VoiceParts] = WeakKeyDictionary()
+
+
+def voice_parts(services: Services) -> VoiceParts:
+    """The voice parts of these services: made at the first webhook, made again only when the
+    settings or Redis client they were made of are replaced (tests do)."""
+    parts = _parts.get(services)
+    if parts is None or (parts.settings, parts.redis) != (services.settings, services.redis):
+        parts = _parts[services] = VoiceParts.build(services)
+    return parts
+
+
 def screens(services: Services) -> Screens:
     """What the caller hears, from the call's state."""
-    return Screens(settings=services.settings, keyring=services.keyring, prompts=services.prompts)
+    return voice_parts(services).screens
 
 
 def show(services: Services, screen: Screen) -> Response:
     """One screen as TwiML."""
-    return twiml(Renderer(services.settings).render(screen))
+    return twiml(voice_parts(services).renderer.render(screen))
 
 
 def render(services: Services, call: CallSession) -> Response:
@@ -67,27 +109,68 @@ def render(services: Services, call: CallSession) -> Response:
 
 def apology(services: Services, call_sid: str, now: datetime) -> Response:
     """The stateless apology: the operator when the desk is open, else the hours."""
-    desk_open = Schedule.from_settings(services.settings).is_open(now)
+    desk_open = voice_parts(services).schedule.is_open(now)
     return show(services, screens(services).apology(call_sid, desk_open=desk_open))
 
 
 def call_store(services: Services) -> CallStore:
     """The calls' state in Redis."""
-    return CallStore(services.redis, services.settings.call_state_ttl_seconds)
+    return voice_parts(services).calls
 
 
-async def _flow(services: ServicesDep, db: DbSession, now: Now) -> VoiceFlow:
-    return VoiceFlow(
-        settings=services.settings,
-        recovery=services.recovery(db),
-        keyring=services.keyring,
-        prompts=services.prompts,
-        cases=services.cases(db),
-        clock=lambda: now,
-    )
+@dataclass(eq=False)
+class VoiceWebhook:
+    """One voice webhook: its verified form, the services, now, and its transaction (opened
+    when first used: most menu steps never touch the database)."""
+
+    form: TwilioForm
+    services: Services
+    parts: VoiceParts
+    now: datetime
+    db: RequestTransaction
+
+    @cached_property
+    def flow(self) -> VoiceFlow:
+        """The voice flow for this webhook; the recovery service and cases when first used."""
+        services, db = self.services, self.db
+        return VoiceFlow(
+            settings=services.settings,
+            recovery=lambda: services.recovery(db.session),
+            keyring=services.keyring,
+            prompts=services.prompts,
+            cases=lambda: services.cases(db.session),
+            schedule=self.parts.schedule,
+            clock=lambda: self.now,
+        )
+
+    def render(self, call: CallSession) -> Response:
+        """The call's current screen as TwiML."""
+        return twiml(self.parts.renderer.render(self.parts.screens.screen(call)))
+
+    def apology(self, call_sid: str) -> Response:
+        """The stateless apology (`apology`)."""
+        return apology(self.services, call_sid, self.now)
 
 
-Flow = Annotated[VoiceFlow, Depends(_flow)]
+async def voice_webhook(request: Request) -> AsyncIterator[VoiceWebhook]:
+    """The one dependency of the call webhooks: the signature is checked first; what the
+    request wrote is committed before the response leaves (function scope), so Twilio's next
+    webhook always sees it, and a failed commit is not answered as success.
+
+    One dependency rather than a tree of them: FastAPI solves a tree anew for every request,
+    and for a menu step that was a third of its CPU (docs/performance.md).
+    """
+    services: Services = request.app.state.services
+    form = await services.verifier(request)
+    db = RequestTransaction(services.sessionmaker)
+    try:
+        yield VoiceWebhook(form, services, voice_parts(services), services.clock(), db)
+        await db.commit()
+    finally:
+        await db.close()
+
+
+Webhook = Annotated[VoiceWebhook, Depends(voice_webhook, scope="function")]
 
 
 def call_sid_of(form: TwilioRequest) -> str:

@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Annotated
 
 import structlog
-from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import BackgroundTasks, Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.audit.log import has_pending_events
 from core.platform.container import Services
@@ -39,6 +39,33 @@ async def request_time(services: ServicesDep) -> datetime:
 Now = Annotated[datetime, Depends(request_time)]
 
 
+class RequestTransaction:
+    """The request's transaction, opened at its first use (`session`): a menu step that never
+    touches the database builds no session at all."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+        self._session: AsyncSession | None = None
+
+    @property
+    def session(self) -> AsyncSession:
+        """The request's session, made on first use."""
+        if self._session is None:
+            self._session = self._sessionmaker()
+        return self._session
+
+    async def commit(self) -> None:
+        """Commit what the request did, if it did anything."""
+        session = self._session
+        if session is not None and (session.in_transaction() or has_pending_events(session)):
+            await session.commit()
+
+    async def close(self) -> None:
+        """Close the session (rolling back whatever was not committed)."""
+        if self._session is not None:
+            await self._session.close()
+
+
 async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
     """One transaction per request: commit on success, roll back on error.
 
@@ -52,11 +79,15 @@ async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
             await session.commit()
 
 
-async def dispatch_after_response(services: ServicesDep) -> AsyncIterator[None]:
-    """Send what the request queued, once its response is out (request-scoped exit)."""
+async def dispatch_after_response(request: Request, background: BackgroundTasks) -> None:
+    """Send what the request queued, once its response is out (a background task of the
+    response: not a generator dependency, whose exit FastAPI wraps at a cost per request)."""
+    services: Services = request.app.state.services
     queued = services.dispatcher.track_request()
-    yield
-    if queued[0]:
+
+    async def dispatch() -> None:
+        if not queued[0]:
+            return
         try:
             if services.settings.dispatch_delay_ms:
                 await asyncio.sleep(services.settings.dispatch_delay_ms / 1000)
@@ -64,6 +95,8 @@ async def dispatch_after_response(services: ServicesDep) -> AsyncIterator[None]:
         except Exception as exc:
             # The periodic sweep in the app's lifespan picks up whatever is left queued.
             log.warning("outbound.dispatch_failed", error=type(exc).__name__)
+
+    background.add_task(dispatch)
 
 
 async def verified_twilio_form(request: Request, services: ServicesDep) -> TwilioForm:
