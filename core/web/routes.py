@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from fastapi import Request, Response
@@ -30,6 +31,10 @@ def fallback_route(fallback: Fallback) -> type[APIRoute]:
     """
 
     class GuardedRoute(APIRoute):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._observe = WEBHOOK_SECONDS.labels(route=self.path).observe
+
         async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
             started = time.perf_counter()
             try:
@@ -44,6 +49,6 @@ def fallback_route(fallback: Fallback) -> type[APIRoute]:
                 response = fallback(request, form if isinstance(form, TwilioForm) else None)
                 await response(scope, receive, send)
             finally:
-                WEBHOOK_SECONDS.labels(route=self.path).observe(time.perf_counter() - started)
+                self._observe(time.perf_counter() - started)
 
     return GuardedRoute
