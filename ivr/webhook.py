@@ -6,7 +6,6 @@ decides what a call does next.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -22,7 +21,12 @@ from core.escalations.service import CaseChange, in_own_transaction
 from core.kit.schedule import Schedule
 from core.platform.container import Services
 from core.platform.settings import Settings
-from core.web.deps import RequestTransaction, SendAfterResponse, TwilioRequest
+from core.web.deps import (
+    RequestTransaction,
+    SendAfterResponse,
+    TwilioRequest,
+    request_transaction,
+)
 from core.web.routes import fallback_route
 from core.web.signature import TwilioForm
 from ivr.flow import VoiceFlow
@@ -152,25 +156,21 @@ class VoiceWebhook:
         return apology(self.services, call_sid, self.now)
 
 
-async def voice_webhook(request: Request) -> AsyncIterator[VoiceWebhook]:
-    """The one dependency of the call webhooks: the signature is checked first; what the
-    request wrote is committed before the response leaves (function scope), so Twilio's next
-    webhook always sees it, and a failed commit is not answered as success.
+async def voice_webhook(request: Request) -> VoiceWebhook:
+    """The one dependency of the call webhooks, the signature checked first.
 
-    One dependency rather than a tree of them: FastAPI solves a tree anew for every request,
-    and for a menu step that was a third of its CPU (docs/performance.md).
+    One plain dependency rather than a tree of them, or a generator: FastAPI solves a tree
+    anew for every request, and wraps a generator's exit in cancel scopes; for a menu step the
+    two were a third of its CPU (docs/performance.md). The route commits the transaction
+    (`request_transaction`).
     """
     services: Services = request.app.state.services
     form = await services.verifier(request)
-    db = RequestTransaction(services.sessionmaker)
-    try:
-        yield VoiceWebhook(form, services, voice_parts(services), services.clock(), db)
-        await db.commit()
-    finally:
-        await db.close()
+    db = request_transaction(request, services)
+    return VoiceWebhook(form, services, voice_parts(services), services.clock(), db)
 
 
-Webhook = Annotated[VoiceWebhook, Depends(voice_webhook, scope="function")]
+Webhook = Annotated[VoiceWebhook, Depends(voice_webhook)]
 
 
 def call_sid_of(form: TwilioRequest) -> str:

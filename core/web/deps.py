@@ -66,6 +66,25 @@ class RequestTransaction:
             await self._session.close()
 
 
+# Where a guarded route (core/web/routes.py) keeps the transactions its request opened.
+TRANSACTIONS_KEY = "eirc.transactions"
+
+
+def request_transaction(request: Request, services: Services) -> RequestTransaction:
+    """A transaction for this request, committed by the route before the response leaves
+    (and closed, rolling back, if the endpoint fails): cheaper than a generator dependency,
+    whose exit FastAPI wraps in cancel scopes on every request.
+
+    Only a guarded route (`fallback_route`) finishes it; anywhere else this refuses.
+    """
+    opened: list[RequestTransaction] | None = request.scope.get(TRANSACTIONS_KEY)
+    if opened is None:
+        raise RuntimeError("request_transaction() needs a route made by fallback_route()")
+    transaction = RequestTransaction(services.sessionmaker)
+    opened.append(transaction)
+    return transaction
+
+
 async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
     """One transaction per request: commit on success, roll back on error.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from core.platform.metrics import WEBHOOK_SECONDS
+from core.web.deps import TRANSACTIONS_KEY, RequestTransaction
 from core.web.signature import TwilioForm
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,26 @@ def fallback_route(fallback: Fallback) -> type[APIRoute]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._observe = WEBHOOK_SECONDS.labels(route=self.path).observe
+
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            """The endpoint, then the commit of what its request wrote (`request_transaction`)
+            before the response leaves: Twilio's next webhook always sees it, and a failed
+            commit is a failure, not an answer. A failure rolls back."""
+            handler = super().get_route_handler()
+
+            async def committed(request: Request) -> Response:
+                opened: list[RequestTransaction] = []
+                request.scope[TRANSACTIONS_KEY] = opened
+                try:
+                    response = await handler(request)
+                    for transaction in opened:
+                        await transaction.commit()
+                    return response
+                finally:
+                    for transaction in opened:
+                        await transaction.close()
+
+            return committed
 
         async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
             started = time.perf_counter()
