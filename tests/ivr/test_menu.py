@@ -398,14 +398,22 @@ def test_secret_screens_say_the_secret(menu_settings: Settings, catalogue: Catal
     assert catalogue.digits(SAMPLE_CODE, Language.ru) in text
 
 
+def voice_parts(settings: Settings, catalogue: Catalogue) -> tuple[Keyring, Screens, Renderer]:
+    """A keyring, screens and a fresh renderer (with nothing kept yet)."""
+    keyring = Keyring(settings)
+    return (
+        keyring,
+        Screens(settings=settings, keyring=keyring, prompts=catalogue),
+        Renderer(settings),
+    )
+
+
 @pytest.mark.parametrize("state", list(State))
 def test_a_kept_document_is_the_one_rendered_afresh(
     menu_settings: Settings, catalogue: Catalogue, state: State
 ) -> None:
     """The renderer keeps documents of screens without a secret; a kept one is the same text."""
-    keyring = Keyring(menu_settings)
-    screens = Screens(settings=menu_settings, keyring=keyring, prompts=catalogue)
-    renderer = Renderer(menu_settings)
+    keyring, screens, renderer = voice_parts(menu_settings, catalogue)
     for purpose in Purpose:
         for step in (7, 8):
             call = sample_call(state, Language.ru, keyring, purpose)
@@ -423,9 +431,7 @@ def test_no_document_with_a_secret_is_kept(
     menu_settings: Settings, catalogue: Catalogue, state: State
 ) -> None:
     """A code, password or login is never kept past the request that says it."""
-    keyring = Keyring(menu_settings)
-    screens = Screens(settings=menu_settings, keyring=keyring, prompts=catalogue)
-    renderer = Renderer(menu_settings)
+    keyring, screens, renderer = voice_parts(menu_settings, catalogue)
     for purpose in Purpose:
         screen = screens.screen(sample_call(state, Language.ru, keyring, purpose))
         assert screen.secret
@@ -443,9 +449,7 @@ def kept(renderer: Renderer) -> list[str]:
 
 
 def test_the_kept_documents_are_bounded(menu_settings: Settings, catalogue: Catalogue) -> None:
-    keyring = Keyring(menu_settings)
-    screens = Screens(settings=menu_settings, keyring=keyring, prompts=catalogue)
-    renderer = Renderer(menu_settings)
+    keyring, screens, renderer = voice_parts(menu_settings, catalogue)
     call = sample_call(State.main_menu, Language.ru, keyring, Purpose.password)
     for step in range(RENDERED_SCREENS + 10):
         call.step = step
