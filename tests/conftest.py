@@ -174,11 +174,13 @@ async def settle_app(app: FastAPI) -> None:
     row a request released (our drain then finds it claimed and returns before it is sent)."""
     dispatcher = app.state.services.dispatcher
     for _ in range(200):
-        await dispatcher.drain()
         if not dispatcher.busy:
+            # One read when nothing is due (most requests): no drain, no write lock.
             due = await dispatcher.seconds_until_due()
             if due is None or due > 0:
                 return
+            if await dispatcher.drain():
+                continue
         await asyncio.sleep(0.05)
 
 
