@@ -86,16 +86,15 @@ def request_transaction(request: Request, services: Services) -> RequestTransact
 
 
 async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: commit on success, roll back on error.
-
-    The transaction begins at the first use: most menu steps never touch the database, and
-    they skip beginning and committing one. An error skips the commit, and closing the session
-    rolls back.
-    """
-    async with services.sessionmaker() as session:
-        yield session
-        if session.in_transaction() or has_pending_events(session):
-            await session.commit()
+    """One transaction per request (the routes outside the call webhooks): commit on success,
+    roll back on error. It begins at the first statement: a request that never touches the
+    database begins and commits none. An error skips the commit, and closing rolls back."""
+    db = RequestTransaction(services.sessionmaker)
+    try:
+        yield db.session
+        await db.commit()
+    finally:
+        await db.close()
 
 
 async def dispatch_after_response(request: Request, background: BackgroundTasks) -> None:
