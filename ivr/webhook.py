@@ -91,7 +91,11 @@ def voice_parts(services: Services) -> VoiceParts:
     """The voice parts of these services: made at the first webhook, made again only when the
     settings or Redis client they were made of are replaced (tests do)."""
     parts = _parts.get(services)
-    if parts is None or (parts.settings, parts.redis) != (services.settings, services.redis):
+    if (
+        parts is None
+        or parts.settings is not services.settings
+        or parts.redis is not services.redis
+    ):
         parts = _parts[services] = VoiceParts.build(services)
     return parts
 
