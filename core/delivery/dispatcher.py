@@ -6,18 +6,19 @@ result, so a slow or failing provider never delays a caller's next prompt.
 
 A row's life (`outbox.status`):
 
-    queued --claim--> claimed --request about to go--> sending --> sent
-       ^                 |                                |  \\--> failed   (permanent, gave up)
-       |                 |                                |   \\--> unknown  (ambiguous)
-       +--lease runs out-+      retry later (5xx, 429, no connection) <--+
+    queued --claimed: request about to go--> sending --> sent
+       ^                                        |  \\--> failed   (permanent, gave up)
+       |                                        |   \\--> unknown  (ambiguous; or its lease ran out)
+       +-------- retry later (5xx, 429, no connection) <--+
     queued --too late--> expired   (a code that could no longer arrive while valid)
 
 Never sent twice. Two dispatchers (processes, the sweeper and a request's drain) cannot both
-send a row: the claim is one UPDATE ... WHERE status = 'queued' (and due), and only the one
-whose UPDATE changed the row goes on. The claim carries a random token and a lease, and the
-row is marked `sending` (committed) before the request leaves; a process that dies holding a
-claim leaves either `claimed` (no request was made: the row is queued again once the lease
-runs out) or `sending` (a request may have reached Twilio: ambiguous, see below).
+send a row: the claim is one UPDATE ... WHERE status = 'queued' (and due) that marks the row
+`sending` with a random token and a lease, committed before the request leaves; only the one
+whose UPDATE changed the row goes on. A process that dies holding a claim leaves the row
+`sending` (a request may have reached Twilio: ambiguous, see below). `claimed` (taken, no
+request made) is what earlier versions left between two steps; the sweeper still queues such a
+row again once its lease runs out.
 
 Idempotency. Twilio's Messages and Calls create endpoints (API 2010) take no idempotency key:
 the OpenAPI document lists none (only Payments has an IdempotencyKey), and the twilio client's
@@ -205,36 +206,55 @@ class Dispatcher:
         """One pass over the due rows.
 
         A row that fails and is queued again is not tried twice in one pass, however short its
-        jittered wait: the next drain (the sweeper) picks it up when it is due.
+        jittered wait: the next drain (the sweeper) picks it up when it is due. The first read
+        also looks for claims whose lease ran out; only when there are some does a write follow.
         """
-        await self.release_stale_claims()
         handled = 0
         seen: set[int] = set()
+        look_for_stale = True
         while not self._stopping:
             now = self._clock()
+            limit = BATCH + len(seen)
             async with self._sessionmaker() as session:
-                ids = [
-                    message_id
-                    for message_id in (
-                        await session.scalars(
-                            select(OutboxMessage.id)
-                            .where(
-                                OutboxMessage.status == OutboxStatus.queued, self._ours(), _due(now)
-                            )
-                            .order_by(OutboxMessage.id)
-                            .limit(BATCH + len(seen))
-                        )
-                    ).all()
-                    if message_id not in seen
-                ]
-            if not ids:
-                return handled
+                stale = look_for_stale and await self._any_stale(session, now)
+                due = (
+                    await session.scalars(
+                        select(OutboxMessage.id)
+                        .where(OutboxMessage.status == OutboxStatus.queued, self._ours(), _due(now))
+                        .order_by(OutboxMessage.id)
+                        .limit(limit)
+                    )
+                ).all()
+            if stale:
+                await self.release_stale_claims()
+                look_for_stale = False
+                continue  # the released rows are queued again: read once more
+            look_for_stale = False
+            ids = [message_id for message_id in due if message_id not in seen]
             for message_id in ids:
                 if self._stopping:
                     break
                 seen.add(message_id)
                 handled += await self._guarded_send(message_id)
+            if not ids or len(due) < limit:
+                # Everything due was in this read. A row a request queued meanwhile comes with
+                # its own drain (or `drain_again`); another process's, with that process's.
+                return handled
         return handled
+
+    @staticmethod
+    async def _any_stale(session: AsyncSession, now: datetime) -> bool:
+        """Whether a claim's lease ran out (a read: no write lock unless there is work)."""
+        return (
+            await session.scalar(
+                select(OutboxMessage.id)
+                .where(
+                    OutboxMessage.status.in_((OutboxStatus.claimed, OutboxStatus.sending)),
+                    OutboxMessage.claimed_until < now,
+                )
+                .limit(1)
+            )
+        ) is not None
 
     @property
     def busy(self) -> bool:
@@ -310,41 +330,47 @@ class Dispatcher:
     async def _send(self, message_id: int) -> int:
         token = secrets.token_hex(16)
         now = self._clock()
+        # Claimed and marked `sending` in one committed UPDATE, before any request may leave:
+        # only the dispatcher whose UPDATE changed the row goes on (see the module note).
         async with transaction(self._sessionmaker) as session:
-            claimed = await session.execute(
-                update(OutboxMessage)
-                .where(
-                    OutboxMessage.id == message_id,
-                    OutboxMessage.status == OutboxStatus.queued,
-                    _due(now),
+            claimed = (
+                await session.execute(
+                    update(OutboxMessage)
+                    .where(
+                        OutboxMessage.id == message_id,
+                        OutboxMessage.status == OutboxStatus.queued,
+                        _due(now),
+                        _in_time(now),
+                    )
+                    .values(
+                        status=OutboxStatus.sending,
+                        claim_token=token,
+                        claimed_until=now + timedelta(seconds=self.policy.lease_seconds),
+                        attempts=OutboxMessage.attempts + 1,
+                        idempotency_key=func.coalesce(
+                            OutboxMessage.idempotency_key, secrets.token_hex(16)
+                        ),
+                    )
+                    .returning(
+                        OutboxMessage.channel,
+                        OutboxMessage.purpose,
+                        OutboxMessage.to_number,
+                        OutboxMessage.url,
+                        OutboxMessage.idempotency_key,
+                        OutboxMessage.body,
+                    )
+                    .execution_options(synchronize_session=False)
                 )
-                .values(
-                    status=OutboxStatus.claimed,
-                    claim_token=token,
-                    claimed_until=now + timedelta(seconds=self.policy.lease_seconds),
-                )
-            )
-            if not getattr(claimed, "rowcount", 0):
-                return 0  # another dispatcher has it, or it is not due
-        async with transaction(self._sessionmaker) as session:
-            row = await session.get(OutboxMessage, message_id)
-            if row is None or row.claim_token != token:
-                return 0
-            if row.send_before is not None and now >= row.send_before:
-                await self._give_up(session, row, OutboxStatus.expired, "expired")
-                return 1
-            # From here on a request may reach the provider: committed before it leaves.
-            row.status = OutboxStatus.sending
-            row.attempts += 1
-            row.idempotency_key = row.idempotency_key or secrets.token_hex(16)
-            channel, purpose, to = row.channel, row.purpose, row.to_number
-            url, key = row.url or "", row.idempotency_key
-            body = self._keyring.unseal(row.body) or "" if row.body else ""
+            ).first()
+        if claimed is None:
+            return await self._expire_if_late(message_id, now)
+        channel, purpose, to, url, key, sealed = claimed
+        body = self._keyring.unseal(sealed) or "" if sealed else ""
         result: str | DeliveryFailed
         marker = current_outbox_key.set(key)
         try:
             if channel is OutboundChannel.call:
-                result = await self._messenger.place_call(to=to, url=url, purpose=purpose)
+                result = await self._messenger.place_call(to=to, url=url or "", purpose=purpose)
             elif channel is OutboundChannel.email:
                 assert self._mailer is not None  # rows are only claimed with a mailer
                 result = await self._mailer.send_email(to=to, body=body, purpose=purpose)
@@ -355,10 +381,65 @@ class Dispatcher:
         finally:
             current_outbox_key.reset(marker)
         async with transaction(self._sessionmaker) as session:
+            if isinstance(result, str) and await self._sent(session, message_id, channel, result):
+                OUTBOUND.labels(channel=channel, purpose=purpose, result="sent").inc()
+                log.info("outbound.sent", to=_masked(channel, to), purpose=purpose)
+                return 1
             row = await session.get(OutboxMessage, message_id)
             if row is None:
                 return 1
             await self._settle(session, row, token, result)
+        return 1
+
+    async def _sent(
+        self, session: AsyncSession, message_id: int, channel: OutboundChannel, sid: str
+    ) -> bool:
+        """Record a send the provider took, if the row is still ours to settle (one UPDATE).
+
+        False when it is not `sending` any more (a status callback got further, or another
+        sweeper judged the lease lost): `_settle` then weighs what stands.
+        """
+        values: dict[str, object] = {
+            "status": OutboxStatus.sent,
+            "provider_sid": sid,
+            "reason": None,
+            "next_attempt_at": None,
+            "claim_token": None,
+            "claimed_until": None,
+        }
+        if channel is OutboundChannel.email or not self._messenger.keeps_messages:
+            # Handed over: the provider has the text now; ours would only be a liability.
+            values["body"] = ""
+        done = await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == message_id, OutboxMessage.status == OutboxStatus.sending)
+            .values(values)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(done, "rowcount", 0))
+
+    async def _expire_if_late(self, message_id: int, now: datetime) -> int:
+        """A queued row whose time ran out (`send_before`) is given up, never sent; 1 if so.
+
+        Otherwise the row was not ours to take (another dispatcher has it, or it is not due).
+        """
+        async with transaction(self._sessionmaker) as session:
+            taken = await session.execute(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.id == message_id,
+                    OutboxMessage.status == OutboxStatus.queued,
+                    _due(now),
+                    ~_in_time(now),
+                )
+                .values(claim_token=secrets.token_hex(16))
+                .execution_options(synchronize_session=False)
+            )
+            if not getattr(taken, "rowcount", 0):
+                return 0
+            row = await session.get(OutboxMessage, message_id)
+            assert row is not None  # the UPDATE above holds it for this transaction
+            await self._give_up(session, row, OutboxStatus.expired, "expired")
         return 1
 
     async def _settle(
@@ -499,10 +580,19 @@ def _due(now: datetime) -> ColumnElement[bool]:
     return or_(OutboxMessage.next_attempt_at.is_(None), OutboxMessage.next_attempt_at <= now)
 
 
+def _in_time(now: datetime) -> ColumnElement[bool]:
+    """Still worth sending: a code must never arrive after it stopped being valid."""
+    return or_(OutboxMessage.send_before.is_(None), OutboxMessage.send_before > now)
+
+
 def _masked_to(row: OutboxMessage) -> str:
-    if row.channel is OutboundChannel.email:
-        return mask_email(row.to_number)
-    return mask_phone(row.to_number)
+    return _masked(row.channel, row.to_number)
+
+
+def _masked(channel: OutboundChannel, to: str) -> str:
+    if channel is OutboundChannel.email:
+        return mask_email(to)
+    return mask_phone(to)
 
 
 def _error_kind(error_code: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.delivery.dispatcher import MAX_DRAINS, Dispatcher, RetryPolicy
@@ -453,6 +453,47 @@ async def test_a_late_result_after_a_lost_lease_keeps_the_sid(env: Env) -> None:
     row = await env.row(row_id)
     # The message did go: the sid is recorded, and nothing was sent twice.
     assert row.status == "sent" and row.provider_sid and other.sent == []
+
+
+async def test_the_claim_is_committed_as_sending_before_the_request_leaves(env: Env) -> None:
+    gate = asyncio.Event()
+    messenger = ScriptedMessenger(gate=gate)
+    row_id = await env.queue("code")
+    draining = asyncio.create_task(env.dispatcher(messenger).drain())
+    await asyncio.wait_for(messenger.started.wait(), 30)
+    # Read from another connection while the request is held: the claim is already durable.
+    row = await env.row(row_id)
+    assert (row.status, row.attempts) == ("sending", 1)
+    assert row.claim_token and row.claimed_until and row.idempotency_key
+    assert messenger.sent == [("sms", MOBILE, row.idempotency_key)]
+    gate.set()
+    assert await draining == 1
+    row = await env.row(row_id)
+    assert (row.status, row.claim_token, row.claimed_until) == ("sent", None, None)
+
+
+async def test_a_drain_with_nothing_stale_writes_nothing_but_its_sends(env: Env) -> None:
+    # Stale claims are looked for with a read; the write (and SQLite's one write lock) comes
+    # only when there is one to settle, so idle drains never queue behind webhooks' writes.
+    writes: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() in {"INSERT", "UPDATE", "DELETE"}:
+            writes.append(statement.split(None, 1)[0])
+
+    event.listen(env.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        messenger = ScriptedMessenger()
+        dispatcher = env.dispatcher(messenger)
+        assert await dispatcher.drain() == 0
+        assert writes == []
+        await env.queue("notice")
+        writes.clear()
+        assert await dispatcher.drain() == 1
+        # One UPDATE claims the row (marked sending), one records the sid.
+        assert writes == ["UPDATE", "UPDATE"]
+    finally:
+        event.remove(env.engine.sync_engine, "before_cursor_execute", record)
 
 
 # -- shutdown -------------------------------------------------------------------------------
