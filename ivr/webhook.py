@@ -23,7 +23,6 @@ from core.platform.container import Services
 from core.platform.settings import Settings
 from core.web.deps import (
     RequestTransaction,
-    SendAfterResponse,
     TwilioRequest,
     request_transaction,
 )
@@ -50,9 +49,7 @@ def guard(request: Request, form: TwilioForm | None) -> Response:
 
 def voice_router() -> APIRouter:
     """A router for Twilio's voice webhooks: guarded, and sending what a request queued."""
-    return APIRouter(
-        prefix="/ivr", route_class=fallback_route(guard), dependencies=[SendAfterResponse]
-    )
+    return APIRouter(prefix="/ivr", route_class=fallback_route(guard))
 
 
 def twiml(body: str) -> Response:

@@ -14,7 +14,7 @@ from core.kit.phones import InvalidPhoneNumber, mask_phone, outbound_allowed, pa
 from core.kit.schedule import Schedule
 from core.models import OutboxPurpose
 from core.recovery.limits import RateLimiter
-from core.web.deps import DbSession, Now, SendAfterResponse, ServicesDep, TwilioRequest
+from core.web.deps import DbSession, Now, ServicesDep, TwilioRequest
 from core.web.routes import fallback_route
 from core.web.signature import TwilioForm
 from sms.dialog import Reply, SmsDialog
@@ -53,9 +53,7 @@ def _guard(request: Request, form: TwilioForm | None) -> Response:
     return _messaging(text)
 
 
-router = APIRouter(
-    prefix="/sms", route_class=fallback_route(_guard), dependencies=[SendAfterResponse]
-)
+router = APIRouter(prefix="/sms", route_class=fallback_route(_guard))
 
 
 async def _threads(services: ServicesDep) -> SmsThreads:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Annotated
 
@@ -97,11 +97,9 @@ async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
         await db.close()
 
 
-async def dispatch_after_response(request: Request, background: BackgroundTasks) -> None:
-    """Send what the request queued, once its response is out (a background task of the
-    response: not a generator dependency, whose exit FastAPI wraps at a cost per request)."""
-    services: Services = request.app.state.services
-    queued = services.dispatcher.track_request()
+def dispatch_once_out(services: Services, queued: list[bool]) -> Callable[[], Awaitable[None]]:
+    """The task that sends what a request queued (`queued`: `Dispatcher.track_request`'s flag),
+    to run once the response is out."""
 
     async def dispatch() -> None:
         if not queued[0]:
@@ -114,7 +112,16 @@ async def dispatch_after_response(request: Request, background: BackgroundTasks)
             # The periodic sweep in the app's lifespan picks up whatever is left queued.
             log.warning("outbound.dispatch_failed", error=type(exc).__name__)
 
-    background.add_task(dispatch)
+    return dispatch
+
+
+async def dispatch_after_response(request: Request, background: BackgroundTasks) -> None:
+    """Send what the request queued, once its response is out (a background task of the
+    response: not a generator dependency, whose exit FastAPI wraps at a cost per request).
+    The webhook routes do this in their route class (`core/web/routes.py`), at no cost to a
+    request that queued nothing."""
+    services: Services = request.app.state.services
+    background.add_task(dispatch_once_out(services, services.dispatcher.track_request()))
 
 
 async def verified_twilio_form(request: Request, services: ServicesDep) -> TwilioForm:

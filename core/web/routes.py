@@ -9,11 +9,13 @@ from typing import Any
 import structlog
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from core.platform.container import Services
 from core.platform.metrics import WEBHOOK_SECONDS
-from core.web.deps import TRANSACTIONS_KEY, RequestTransaction
+from core.web.deps import TRANSACTIONS_KEY, RequestTransaction, dispatch_once_out
 from core.web.signature import TwilioForm
 
 log = structlog.get_logger(__name__)
@@ -39,20 +41,30 @@ def fallback_route(fallback: Fallback) -> type[APIRoute]:
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             """The endpoint, then the commit of what its request wrote (`request_transaction`)
             before the response leaves: Twilio's next webhook always sees it, and a failed
-            commit is a failure, not an answer. A failure rolls back."""
+            commit is a failure, not an answer. A failure rolls back. What the request queued
+            to send is sent once the response is out (a request that queued nothing, such as a
+            menu step, gets no background task at all)."""
             handler = super().get_route_handler()
 
             async def committed(request: Request) -> Response:
+                services: Services = request.app.state.services
+                queued = services.dispatcher.track_request()
                 opened: list[RequestTransaction] = []
                 request.scope[TRANSACTIONS_KEY] = opened
                 try:
                     response = await handler(request)
                     for transaction in opened:
                         await transaction.commit()
-                    return response
                 finally:
                     for transaction in opened:
                         await transaction.close()
+                if queued[0]:
+                    send = BackgroundTask(dispatch_once_out(services, queued))
+                    earlier = response.background
+                    response.background = (
+                        send if earlier is None else BackgroundTasks([earlier, send])
+                    )
+                return response
 
             return committed
 
