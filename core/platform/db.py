@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, MetaData, TypeDecorator
+from sqlalchemy.dialects import registry
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -17,6 +18,9 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 
 from core.platform.settings import normalize_database_url
+from core.platform.sqlite_driver import DRIVER as SQLITE_DRIVER
+
+registry.register(f"sqlite.{SQLITE_DRIVER}", "core.platform.sqlite_driver", "OneHopSQLiteDialect")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -74,8 +78,12 @@ def create_engine(url: str, *, timeout_seconds: float | None = None) -> AsyncEng
         # and waits to commit behind the first one's read, SQLite fails one of them at once
         # with "database is locked" (the accounts import against the dispatcher did, in CI).
         # Reads outside a write stay lock-free and concurrent.
+        # aiosqlite with one thread hop per statement (core/platform/sqlite_driver.py).
+        parsed = make_url(url)
+        if parsed.get_driver_name() == "aiosqlite":
+            parsed = parsed.set(drivername=f"sqlite+{SQLITE_DRIVER}")
         return create_async_engine(
-            url, connect_args={"timeout": 30, "isolation_level": "IMMEDIATE"}
+            parsed, connect_args={"timeout": 30, "isolation_level": "IMMEDIATE"}
         )
     connect_args: dict[str, float] = {}
     options: dict[str, float] = {}

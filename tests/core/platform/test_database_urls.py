@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from core.platform.db import create_engine
 from core.platform.migrate import alembic_config
 from core.platform.settings import Settings, UnsafeSettingsError, normalize_database_url
+from core.platform.sqlite_driver import OneHopSQLiteDialect
 from gateway.cli.main import app
 
 
@@ -63,6 +64,8 @@ def test_engines_and_migrations_get_the_async_driver_too() -> None:
     assert engine.dialect.driver == "asyncpg"
     engine = create_engine("sqlite:///./never-opened.db")
     assert engine.dialect.driver == "aiosqlite" and engine.dialect.is_async
+    # With one thread hop per statement (core/platform/sqlite_driver.py).
+    assert isinstance(engine.dialect, OneHopSQLiteDialect)
     assert (
         alembic_config("postgres://eirc@db/eirc").attributes["database_url"]
         == "postgresql+asyncpg://eirc@db/eirc"
