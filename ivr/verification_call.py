@@ -41,7 +41,7 @@ async def after_call_status(
         and call.attempt_id
         and await release_after_hangup(db, call.attempt_id)
     ):
-        # Sent once this response is out (core/web/deps.py dispatch_after_response).
+        # Sent once this response is out (the webhook route class, core/web/routes.py).
         services.dispatcher.notify()
         log.info("code_call.released", call=call.call_sid)
 
