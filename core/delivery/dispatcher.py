@@ -225,11 +225,10 @@ class Dispatcher:
                         .limit(limit)
                     )
                 ).all()
+            look_for_stale = False
             if stale:
                 await self.release_stale_claims()
-                look_for_stale = False
                 continue  # the released rows are queued again: read once more
-            look_for_stale = False
             ids = [message_id for message_id in due if message_id not in seen]
             for message_id in ids:
                 if self._stopping:
@@ -382,8 +381,7 @@ class Dispatcher:
             current_outbox_key.reset(marker)
         async with transaction(self._sessionmaker) as session:
             if isinstance(result, str) and await self._sent(session, message_id, channel, result):
-                OUTBOUND.labels(channel=channel, purpose=purpose, result="sent").inc()
-                log.info("outbound.sent", to=_masked(channel, to), purpose=purpose)
+                _count_sent(channel, purpose, to)
                 return 1
             row = await session.get(OutboxMessage, message_id)
             if row is None:
@@ -407,8 +405,7 @@ class Dispatcher:
             "claim_token": None,
             "claimed_until": None,
         }
-        if channel is OutboundChannel.email or not self._messenger.keeps_messages:
-            # Handed over: the provider has the text now; ours would only be a liability.
+        if self._drops_text(channel):
             values["body"] = ""
         done = await session.execute(
             update(OutboxMessage)
@@ -417,6 +414,11 @@ class Dispatcher:
             .execution_options(synchronize_session=False)
         )
         return bool(getattr(done, "rowcount", 0))
+
+    def _drops_text(self, channel: OutboundChannel) -> bool:
+        """Whether a sent message's text is dropped: handed over, the provider has it now, and
+        ours would only be a liability (the outbox messenger keeps it: it is the record)."""
+        return channel is OutboundChannel.email or not self._messenger.keeps_messages
 
     async def _expire_if_late(self, message_id: int, now: datetime) -> int:
         """A queued row whose time ran out (`send_before`) is given up, never sent; 1 if so.
@@ -457,11 +459,9 @@ class Dispatcher:
             )
             row.next_attempt_at = None
             _release(row)
-            if row.channel is OutboundChannel.email or not self._messenger.keeps_messages:
-                # Handed over: the provider has the text now; ours would only be a liability.
+            if self._drops_text(row.channel):
                 row.body = ""
-            OUTBOUND.labels(channel=row.channel, purpose=row.purpose, result="sent").inc()
-            log.info("outbound.sent", to=_masked_to(row), purpose=row.purpose)
+            _count_sent(row.channel, row.purpose, row.to_number)
             return
         if not mine or row.status is not OutboxStatus.sending:
             # The lease ran out and the row was settled elsewhere (or a status callback, via
@@ -583,6 +583,11 @@ def _due(now: datetime) -> ColumnElement[bool]:
 def _in_time(now: datetime) -> ColumnElement[bool]:
     """Still worth sending: a code must never arrive after it stopped being valid."""
     return or_(OutboxMessage.send_before.is_(None), OutboxMessage.send_before > now)
+
+
+def _count_sent(channel: OutboundChannel, purpose: OutboxPurpose, to: str) -> None:
+    OUTBOUND.labels(channel=channel, purpose=purpose, result="sent").inc()
+    log.info("outbound.sent", to=_masked(channel, to), purpose=purpose)
 
 
 def _masked_to(row: OutboxMessage) -> str:
