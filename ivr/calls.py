@@ -9,7 +9,7 @@ from fastapi import Query, Response, status
 
 from core.delivery.outbox import record_status
 from core.models import CALLER_ID_CHARS
-from ivr.flow import CallerInput
+from ivr.flow import CallerInput, Unclaimed
 from ivr.menu import State
 from ivr.session import CallSession
 from ivr.verification_call import after_call_status
@@ -41,20 +41,44 @@ async def menu_step(hook: Webhook, step: Annotated[int, Query(alias="s", ge=0)])
     form = hook.form
     call_sid = call_sid_of(form)
     store = hook.parts.calls
-    claimed, call = await store.claim_step(call_sid, step)
+    given = CallerInput(digits=form.get("Digits")[:64], speech=form.get("SpeechResult")[:300])
+    decided = await _decided_ahead(hook, call_sid, step, given)
+    if isinstance(decided, CallSession):
+        log.info("ivr.step", call=call_sid, step=decided.step, state=decided.state)
+        return hook.render(decided)
+    claimed, call = decided
     if call is None:
         return hook.apology(call_sid)
     if not claimed or step != call.step:
         # A replayed or retried webhook: the same answer, no second side effect.
         log.info("ivr.replay", call=call_sid, step=step)
         return hook.render(call)
-    await hook.flow.handle(
-        call, CallerInput(digits=form.get("Digits")[:64], speech=form.get("SpeechResult")[:300])
-    )
+    await hook.flow.handle(call, given)
     call.step += 1
     await store.save(call)
     log.info("ivr.step", call=call_sid, step=call.step, state=call.state)
     return hook.render(call)
+
+
+async def _decided_ahead(
+    hook: Webhook, call_sid: str, step: int, given: CallerInput
+) -> CallSession | tuple[bool, CallSession | None]:
+    """The step decided from the session this process remembers and stored, claimed, in one
+    round trip: the call one step on. Otherwise the step claimed as `CallStore.claim_step`
+    does: when the step acts (`Unclaimed`), the copy is gone, or the call moved since (that
+    answer comes in the same round trip as the try)."""
+    store = hook.parts.calls
+    recalled = store.recall(call_sid, step)
+    if recalled is None:
+        return await store.claim_step(call_sid, step)
+    version, call = recalled
+    try:
+        await hook.dry_flow.handle(call, given)
+    except Unclaimed:
+        return await store.claim_step(call_sid, step)
+    call.step += 1
+    moved = await store.advance(step, version, call)
+    return call if moved is None else moved
 
 
 @router.post("/verify")

@@ -51,8 +51,17 @@ class CallerInput:
         return not self.digits and not self.speech.strip()
 
 
+class Unclaimed(Exception):
+    """A dry run came to a step that acts (the recovery, a case, a transfer): the step must be
+    claimed first, and decided again on the session Redis holds."""
+
+
 class VoiceFlow:
-    """Decides the next state of a call and the screen the caller hears."""
+    """Decides the next state of a call and the screen the caller hears.
+
+    A dry flow (`dry=True`) only moves the session through the menu: where a step would act,
+    it raises `Unclaimed` before anything has happened outside the session it was given.
+    """
 
     def __init__(
         self,
@@ -64,6 +73,7 @@ class VoiceFlow:
         cases: Callable[[], CaseService],
         schedule: Schedule,
         clock: Clock = utcnow,
+        dry: bool = False,
     ) -> None:
         # The recovery service and the cases are made when a step first needs them (most menu
         # steps do not): with them, the request's database session.
@@ -75,13 +85,20 @@ class VoiceFlow:
         self._clock = clock
         self._schedule = schedule
         self._base = settings.public_base_url.rstrip("/")
+        self._dry = dry
+
+    def _acting(self) -> None:
+        if self._dry:
+            raise Unclaimed
 
     @cached_property
     def _recovery(self) -> RecoveryService:
+        self._acting()
         return self._make_recovery()
 
     @cached_property
     def _cases(self) -> CaseService:
+        self._acting()
         return self._make_cases()
 
     # -- input ------------------------------------------------------------------------------
@@ -152,6 +169,7 @@ class VoiceFlow:
         self, call: CallSession, reason: Reason, notice: str | None = None
     ) -> None:
         """A transfer, stored as a case for the operator; outside working hours, the offer."""
+        self._acting()
         call.reason = reason
         came_from = call.state
         notices = [notice] if notice else []

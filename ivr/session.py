@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -143,8 +145,11 @@ _PARSE: dict[str, Callable[[str], object]] = {
     "cooldown": int,
 }
 
-# KEYS: the call's hash. ARGV: the step. The hash holds the session's fields (the current step
-# is `n`) and the last step claimed (`c`): only the current step can be claimed, and only once,
+# The hash holds the session's fields (the current step is `n`), the last step claimed (`c`)
+# and a version (`g`, its generation) that every save moves on: a copy this process remembers
+# is current only while the version is the one it saved or read.
+
+# KEYS: the call's hash. ARGV: the step. Only the current step can be claimed, and only once,
 # by the first webhook that brings it; stale or invented steps change nothing.
 _CLAIM = """
 local session = redis.call('HGETALL', KEYS[1])
@@ -159,16 +164,42 @@ return {claimed, session}
 
 # KEYS: the call's hash. ARGV: the TTL, 1 to create only (a retried first webhook changes
 # nothing), then field, value pairs. The whole session is replaced (fields back at their
-# default are gone), the claim mark kept; one round trip.
+# default are gone), the claim mark kept, the version moved on; one round trip. Returns the
+# new version, or 0 when a create found the call already there.
 _SAVE = """
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local claimed = redis.call('HGET', KEYS[1], 'c')
+local version = (tonumber(redis.call('HGET', KEYS[1], 'g')) or 0) + 1
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'g', version, unpack(ARGV, 3))
 if claimed then redis.call('HSET', KEYS[1], 'c', claimed) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
+return version
 """
+
+# KEYS: the call's hash. ARGV: the step, the version the new session was decided from, the
+# TTL, then the new session's field, value pairs. While the call is still at that version and
+# that step is unclaimed, the new session replaces it, the step claimed: {2}. Otherwise
+# exactly what _CLAIM answers, so the caller goes on as if it had claimed.
+_ADVANCE = """
+local at = redis.call('HMGET', KEYS[1], 'n', 'c', 'g')
+if at[1] == ARGV[1] and at[2] ~= ARGV[1] and at[3] == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'c', ARGV[1], 'g', tonumber(ARGV[2]) + 1, unpack(ARGV, 4))
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return {2}
+end
+if not at[1] then return {0} end
+local claimed = 0
+if at[1] == ARGV[1] and at[2] ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'c', ARGV[1])
+  claimed = 1
+end
+return {claimed, redis.call('HGETALL', KEYS[1])}
+"""
+
+# The calls whose last session this process keeps (DESIGN §9: a thousand calls at once).
+REMEMBERED_CALLS = 4096
 
 
 def _pairs(stored: list[str | bytes]) -> dict[str, str]:
@@ -179,8 +210,9 @@ def _pairs(stored: list[str | bytes]) -> dict[str, str]:
 class CallStore:
     """Loads and saves call sessions; claims each step once so a retried webhook acts once.
 
-    One Redis hash per call holds the session and the last claimed step, so a menu step costs
-    one script call (claim and load) and one more (save).
+    One Redis hash per call holds the session and the last claimed step. A step that only
+    moves the call through the menu costs one script call (`advance`, from the copy this
+    process remembers); any other step one to claim and load, and one to save.
     """
 
     def __init__(self, redis: Redis, ttl_seconds: int) -> None:
@@ -188,10 +220,32 @@ class CallStore:
         self._ttl = ttl_seconds
         self._claim = script(redis, _CLAIM)
         self._save = script(redis, _SAVE)
+        self._advance = script(redis, _ADVANCE)
+        # The session this process last stored or claimed, by CallSid, with its version.
+        self._memory: OrderedDict[str, tuple[str, CallSession]] = OrderedDict()
 
     @staticmethod
     def _key(call_sid: str) -> str:
         return f"call:{call_sid}"
+
+    def _remember(self, session: CallSession, version: str | int | None) -> None:
+        # A sealed secret stays in Redis only, gone with the call (`end`).
+        if not version or session.sealed:
+            self._memory.pop(session.call_sid, None)
+            return
+        self._memory[session.call_sid] = (str(version), _copy(session))
+        self._memory.move_to_end(session.call_sid)
+        if len(self._memory) > REMEMBERED_CALLS:
+            self._memory.popitem(last=False)
+
+    def recall(self, call_sid: str, step: int) -> tuple[str, CallSession] | None:
+        """A copy of the session this process last stored for the call, and its version, if it
+        is at `step`; Redis may have moved on since (`advance` checks)."""
+        remembered = self._memory.get(call_sid)
+        if remembered is None or remembered[1].step != step:
+            return None
+        version, session = remembered
+        return version, _copy(session)
 
     async def load(self, call_sid: str) -> CallSession | None:
         """The session of a call, if it has one."""
@@ -202,18 +256,43 @@ class CallStore:
             call_sid, {_text(key): _text(value) for key, value in stored.items()}
         )
 
+    def _claimed(self, call_sid: str, answer: list[Any]) -> tuple[bool, CallSession | None]:
+        if len(answer) < 2:
+            self._memory.pop(call_sid, None)
+            return False, None
+        stored = _pairs(answer[1])
+        session = CallSession.from_fields(call_sid, stored)
+        self._remember(session, stored.get("g"))
+        return bool(answer[0]), session
+
     async def claim_step(self, call_sid: str, step: int) -> tuple[bool, CallSession | None]:
         """Claim the right to act on `step` and load the session, in one round trip."""
-        answer = await self._claim(keys=[self._key(call_sid)], args=[step])
-        if len(answer) < 2:
-            return False, None
-        return bool(answer[0]), CallSession.from_fields(call_sid, _pairs(answer[1]))
+        return self._claimed(call_sid, await self._claim(keys=[self._key(call_sid)], args=[step]))
+
+    async def advance(
+        self, step: int, version: str, session: CallSession
+    ) -> tuple[bool, CallSession | None] | None:
+        """Store `session`, decided at `step` from the copy `recall` gave at `version`, while
+        nobody has written the call since; `step` is claimed with it. None when stored; else
+        the call as it is now, as `claim_step` answers (the step claimed here if still open),
+        in the same round trip."""
+        args: list[str | int] = [step, version, self._ttl]
+        for name, value in session.to_fields().items():
+            args += [name, value]
+        answer = await self._advance(keys=[self._key(session.call_sid)], args=args)
+        if answer[0] == 2:
+            self._remember(session, int(version) + 1)
+            return None
+        return self._claimed(session.call_sid, answer)
 
     async def _write(self, session: CallSession, *, create: bool) -> bool:
         args: list[str | int] = [self._ttl, 1 if create else 0]
         for name, value in session.to_fields().items():
             args += [name, value]
-        return bool(await self._save(keys=[self._key(session.call_sid)], args=args))
+        version = await self._save(keys=[self._key(session.call_sid)], args=args)
+        if version:
+            self._remember(session, version)
+        return bool(version)
 
     async def create(self, session: CallSession) -> bool:
         """Store a new call's session; False when the call already has one (a retried webhook)."""
@@ -225,4 +304,10 @@ class CallStore:
 
     async def end(self, call_sid: str) -> None:
         """Forget a finished call (and any sealed secret with it)."""
+        self._memory.pop(call_sid, None)
         await self._redis.delete(self._key(call_sid))
+
+
+def _copy(session: CallSession) -> CallSession:
+    """A copy the flow may change without touching the original (its one list included)."""
+    return replace(session, notices=list(session.notices))

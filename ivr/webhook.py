@@ -137,6 +137,14 @@ class VoiceWebhook:
     @cached_property
     def flow(self) -> VoiceFlow:
         """The voice flow for this webhook; the recovery service and cases when first used."""
+        return self._flow(dry=False)
+
+    @cached_property
+    def dry_flow(self) -> VoiceFlow:
+        """The flow that only moves a call through the menu (`VoiceFlow`, `dry`)."""
+        return self._flow(dry=True)
+
+    def _flow(self, *, dry: bool) -> VoiceFlow:
         services, db = self.services, self.db
         return VoiceFlow(
             settings=services.settings,
@@ -146,6 +154,7 @@ class VoiceWebhook:
             cases=lambda: services.cases(db.session),
             schedule=self.parts.schedule,
             clock=lambda: self.now,
+            dry=dry,
         )
 
     def render(self, call: CallSession) -> Response:
