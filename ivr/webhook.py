@@ -36,6 +36,8 @@ from ivr.twiml import Renderer, Screen
 log = structlog.get_logger(__name__)
 
 XML = "application/xml"
+# A call's steps are counted from 0; no call takes a billion.
+MAX_STEP_DIGITS = 9
 
 
 def guard(request: Request, form: TwilioForm | None) -> Response:
@@ -181,6 +183,15 @@ async def voice_webhook(request: Request) -> VoiceWebhook:
 
 
 Webhook = Annotated[VoiceWebhook, Depends(voice_webhook)]
+
+
+def step_of(request: Request) -> int:
+    """The step a Gather was rendered at (the query's `s`); anything but a number is refused
+    (422, as FastAPI refuses a declared parameter)."""
+    raw = request.query_params.get("s", "")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_STEP_DIGITS):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "s: a step number")
+    return int(raw)
 
 
 def call_sid_of(form: TwilioRequest) -> str:

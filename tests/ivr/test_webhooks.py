@@ -527,7 +527,9 @@ async def test_missing_or_bad_call_sid_is_400(
     assert response.status_code == 400, response.text
 
 
-@pytest.mark.parametrize("query", ["s=abc", "s=-1", "", "s=99999999999999999999999"])
+@pytest.mark.parametrize(
+    "query", ["s=abc", "s=-1", "", "s=99999999999999999999999", "s=%D9%A3", "s=+1"]
+)
 async def test_bad_step_number_is_4xx_or_a_safe_reply(
     gateway: Gateway, redis: Redis, query: str
 ) -> None:
