@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from copy import copy
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from redis.asyncio import Redis
@@ -310,4 +311,6 @@ class CallStore:
 
 def _copy(session: CallSession) -> CallSession:
     """A copy the flow may change without touching the original (its one list included)."""
-    return replace(session, notices=list(session.notices))
+    copied = copy(session)
+    copied.notices = list(session.notices)
+    return copied
