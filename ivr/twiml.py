@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from xml.sax.saxutils import escape
 
 from twilio.twiml import TwiML
 from twilio.twiml.voice_response import Gather, SsmlBreak, SsmlSub, VoiceResponse
@@ -173,9 +174,15 @@ class Renderer:
         self._voices = {Language.ru: settings.voice_ru, Language.en: settings.voice_en}
         self._timeout = settings.gather_timeout_seconds
         self._rendered: dict[tuple[object, ...], str] = {}
+        # Documents with numbered holes for their plain sentences, by the screen's shape.
+        self._shapes: dict[tuple[object, ...], str] = {}
 
     def _ssml(self, language: Language) -> bool:
         return self._voices[language].startswith(SSML_VOICE_PREFIXES)
+
+    def _plain(self, line: Speech) -> bool:
+        """Whether the sentence is said as plain text (no SSML marks)."""
+        return not self._ssml(line.language) or not (line.parts or line.slow)
 
     def _say(self, target: VoiceResponse | Gather, line: Utterance) -> None:
         if isinstance(line, Pause):
@@ -185,7 +192,7 @@ class Renderer:
             target.play(line.audio)
             return
         voice = self._voices[line.language]
-        if not self._ssml(line.language) or not (line.parts or line.slow):
+        if self._plain(line):
             target.say(line.plain(), language=line.language.tts, voice=voice)
             return
         say = target.say(language=line.language.tts, voice=voice)
@@ -203,18 +210,42 @@ class Renderer:
 
         Most calls walk the same few screens, so documents are kept (the last
         `RENDERED_SCREENS` of them), except any that carries a secret: a code or a password is
-        never kept past the request that says it.
+        never kept past the request that says it. A screen that differs from an earlier one
+        only in what its plain sentences say (the account number read back) is the earlier
+        document's shape with its own sentences put in, and is not kept itself.
         """
         if screen.secret:
             return self._render(screen)
         key = screen.key()
         document = self._rendered.get(key)
-        if document is None:
-            document = self._render(screen)
-            if len(self._rendered) >= RENDERED_SCREENS:
-                del self._rendered[next(iter(self._rendered))]
-            self._rendered[key] = document
-        return document
+        if document is not None:
+            return document
+        shaped = self._shaped(screen)
+        if shaped is None:
+            return self._render(screen)
+        shape, texts = shaped
+        shape_key = shape.key()
+        template = self._shapes.get(shape_key)
+        if template is not None:
+            return _filled(template, texts)
+        template = _keep(self._shapes, shape_key, self._render(shape))
+        return _keep(self._rendered, key, _filled(template, texts))
+
+    def _shaped(self, screen: Screen) -> tuple[Screen, list[str]] | None:
+        """The screen with each sentence said as plain text replaced by a numbered hole, and
+        those sentences; None when a sentence holds a hole's own marks."""
+        lines: list[Utterance] = []
+        texts: list[str] = []
+        for line in screen.lines:
+            if isinstance(line, Speech) and not line.audio and self._plain(line):
+                text = line.plain()
+                if _HOLE_START in text or _HOLE_END in text:
+                    return None
+                lines.append(Speech(_hole(len(texts)), line.language))
+                texts.append(text)
+            else:
+                lines.append(line)
+        return replace(screen, lines=lines), texts
 
     def _render(self, screen: Screen) -> str:
         response = VoiceResponse()
@@ -276,6 +307,29 @@ class Renderer:
         elif screen.ending is Ending.hangup:
             response.hangup()
         return str(response)
+
+
+# A hole's marks: characters of Unicode's private use area, which no prompt holds.
+_HOLE_START, _HOLE_END = "\ue000", "\ue001"
+
+
+def _hole(number: int) -> str:
+    return f"{_HOLE_START}{number}{_HOLE_END}"
+
+
+def _filled(template: str, texts: list[str]) -> str:
+    """The template with each hole replaced by its sentence, escaped as ElementTree does."""
+    for number, text in enumerate(texts):
+        template = template.replace(_hole(number), escape(text), 1)
+    return template
+
+
+def _keep(kept: dict[tuple[object, ...], str], key: tuple[object, ...], document: str) -> str:
+    """Keep a document (the oldest dropped beyond `RENDERED_SCREENS`); returns it."""
+    if len(kept) >= RENDERED_SCREENS:
+        del kept[next(iter(kept))]
+    kept[key] = document
+    return document
 
 
 def _merged(parts: tuple[Part, ...]) -> list[Part]:

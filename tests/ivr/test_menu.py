@@ -29,7 +29,7 @@ from ivr.menu import (
 )
 from ivr.screens import Screens
 from ivr.session import CallSession
-from ivr.twiml import RENDERED_SCREENS, Renderer
+from ivr.twiml import RENDERED_SCREENS, GatherSpec, Renderer, Screen, Speech
 from voice_prompts import Catalogue, Language, load_catalogue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -446,6 +446,32 @@ def test_no_document_with_a_secret_is_kept(
 def kept(renderer: Renderer) -> list[str]:
     """The documents a renderer keeps."""
     return list(renderer._rendered.values())
+
+
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("language", list(Language))
+def test_a_document_filled_into_a_kept_shape_is_the_one_rendered_afresh(
+    menu_settings: Settings, catalogue: Catalogue, state: State, language: Language
+) -> None:
+    """Another account read back: the kept shape with other sentences, not a kept document."""
+    keyring, screens, renderer = voice_parts(menu_settings, catalogue)
+    for purpose in Purpose:
+        call = sample_call(state, language, keyring, purpose)
+        renderer.render(screens.screen(call))
+        call.account = "9" + SAMPLE_ACCOUNT[1:]
+        screen = screens.screen(call)
+        kept_before = len(kept(renderer))
+        assert renderer.render(screen) == Renderer(menu_settings)._render(screen)
+        if state is State.account_confirm and not screen.secret:
+            assert len(kept(renderer)) == kept_before  # the other account's document is not kept
+
+
+def test_a_filled_sentence_is_escaped_as_the_builder_escapes_it(menu_settings: Settings) -> None:
+    renderer = Renderer(menu_settings)
+    gather = GatherSpec(action="/ivr/step?s=3", language=Language.ru)
+    for text in ("Первая", 'Вторая & <третья> "четвёртая"', "\ue000 пятая"):
+        screen = Screen(lines=[Speech(text, Language.ru)], gather=gather)
+        assert renderer.render(screen) == Renderer(menu_settings)._render(screen)
 
 
 def test_the_kept_documents_are_bounded(menu_settings: Settings, catalogue: Catalogue) -> None:
