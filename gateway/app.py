@@ -25,7 +25,7 @@ from core.platform.db import transaction
 from core.platform.settings import Settings
 from core.web.deps import ServicesDep
 from gateway.logging import configure_logging
-from ivr.router import router as ivr_router
+from ivr.router import routers as voice_routers
 from sms.router import router as sms_router
 from voice_prompts.recordings import AUDIO_PATH
 
@@ -115,7 +115,8 @@ def create_app(settings: Settings | None = None, *, messenger: Messenger | None 
         docs_url=None,
         redoc_url=None,
     )
-    app.include_router(ivr_router)
+    for router in voice_routers:
+        app.include_router(router)
     app.include_router(sms_router)
     if settings.prompt_audio_dir is not None and not settings.prompt_audio_url:
         # Recorded prompts (§3), fetched by Twilio for <Play>: read-only files, GET only.
