@@ -78,13 +78,13 @@ async def _decided_ahead(
     recalled = store.recall(call_sid, step)
     if recalled is None:
         return await store.claim_step(call_sid, step)
-    version, call = recalled
+    call = recalled.session
     try:
         await hook.dry_flow.handle(call, given)
     except Unclaimed:
         return await store.claim_step(call_sid, step)
     call.step += 1
-    moved = await store.advance(step, version, call)
+    moved = await store.advance(step, recalled, call)
     return call if moved is None else moved
 
 

@@ -6,7 +6,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable
 from copy import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -179,14 +179,16 @@ return version
 """
 
 # KEYS: the call's hash. ARGV: the step, the version the new session was decided from, the
-# TTL, then the new session's field, value pairs. While the call is still at that version and
-# that step is unclaimed, the new session replaces it, the step claimed: {2}. Otherwise
-# exactly what _CLAIM answers, so the caller goes on as if it had claimed.
+# TTL, how many fields changed, those field, value pairs, then the fields gone (back at their
+# default). While the call is still at that version (so its fields are the ones the change
+# was taken against) and that step is unclaimed, the change is applied, the step claimed:
+# {2}. Otherwise exactly what _CLAIM answers, so the caller goes on as if it had claimed.
 _ADVANCE = """
 local at = redis.call('HMGET', KEYS[1], 'n', 'c', 'g')
 if at[1] == ARGV[1] and at[2] ~= ARGV[1] and at[3] == ARGV[2] then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'c', ARGV[1], 'g', tonumber(ARGV[2]) + 1, unpack(ARGV, 4))
+  local last = 4 + 2 * tonumber(ARGV[4])
+  redis.call('HSET', KEYS[1], 'c', ARGV[1], 'g', tonumber(ARGV[2]) + 1, unpack(ARGV, 5, last))
+  if #ARGV > last then redis.call('HDEL', KEYS[1], unpack(ARGV, last + 1)) end
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   return {2}
 end
@@ -208,6 +210,16 @@ def _pairs(stored: list[str | bytes]) -> dict[str, str]:
     return {_text(stored[i]): _text(stored[i + 1]) for i in range(0, len(stored), 2)}
 
 
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """A call's session as this process last stored or read it: the hash's version, the
+    session, and its fields as the hash holds them."""
+
+    version: str
+    session: CallSession
+    fields: dict[str, str]
+
+
 class CallStore:
     """Loads and saves call sessions; claims each step once so a retried webhook acts once.
 
@@ -223,30 +235,31 @@ class CallStore:
         self._save = script(redis, _SAVE)
         self._advance = script(redis, _ADVANCE)
         # The session this process last stored or claimed, by CallSid, with its version.
-        self._memory: OrderedDict[str, tuple[str, CallSession]] = OrderedDict()
+        self._memory: OrderedDict[str, Remembered] = OrderedDict()
 
     @staticmethod
     def _key(call_sid: str) -> str:
         return f"call:{call_sid}"
 
-    def _remember(self, session: CallSession, version: str | int | None) -> None:
+    def _remember(
+        self, session: CallSession, version: str | int | None, stored: dict[str, str]
+    ) -> None:
         # A sealed secret stays in Redis only, gone with the call (`end`).
         if not version or session.sealed:
             self._memory.pop(session.call_sid, None)
             return
-        self._memory[session.call_sid] = (str(version), _copy(session))
+        self._memory[session.call_sid] = Remembered(str(version), _copy(session), stored)
         self._memory.move_to_end(session.call_sid)
         if len(self._memory) > REMEMBERED_CALLS:
             self._memory.popitem(last=False)
 
-    def recall(self, call_sid: str, step: int) -> tuple[str, CallSession] | None:
-        """A copy of the session this process last stored for the call, and its version, if it
-        is at `step`; Redis may have moved on since (`advance` checks)."""
+    def recall(self, call_sid: str, step: int) -> Remembered | None:
+        """The session this process last stored for the call (a copy to change), if it is at
+        `step`; Redis may have moved on since (`advance` checks)."""
         remembered = self._memory.get(call_sid)
-        if remembered is None or remembered[1].step != step:
+        if remembered is None or remembered.session.step != step:
             return None
-        version, session = remembered
-        return version, _copy(session)
+        return replace(remembered, session=_copy(remembered.session))
 
     async def load(self, call_sid: str) -> CallSession | None:
         """The session of a call, if it has one."""
@@ -263,7 +276,9 @@ class CallStore:
             return False, None
         stored = _pairs(answer[1])
         session = CallSession.from_fields(call_sid, stored)
-        self._remember(session, stored.get("g"))
+        version = stored.pop("g", None)
+        stored.pop("c", None)
+        self._remember(session, version, stored)
         return bool(answer[0]), session
 
     async def claim_step(self, call_sid: str, step: int) -> tuple[bool, CallSession | None]:
@@ -271,28 +286,34 @@ class CallStore:
         return self._claimed(call_sid, await self._claim(keys=[self._key(call_sid)], args=[step]))
 
     async def advance(
-        self, step: int, version: str, session: CallSession
+        self, step: int, before: Remembered, session: CallSession
     ) -> tuple[bool, CallSession | None] | None:
-        """Store `session`, decided at `step` from the copy `recall` gave at `version`, while
-        nobody has written the call since; `step` is claimed with it. None when stored; else
-        the call as it is now, as `claim_step` answers (the step claimed here if still open),
-        in the same round trip."""
-        args: list[str | int] = [step, version, self._ttl]
-        for name, value in session.to_fields().items():
+        """Store `session`, decided at `step` from what `recall` gave, while nobody has written
+        the call since; `step` is claimed with it. Only the fields that changed are sent. None
+        when stored; else the call as it is now, as `claim_step` answers (the step claimed
+        here if still open), in the same round trip."""
+        after = _stored(session)
+        changed = [
+            (name, value) for name, value in after.items() if before.fields.get(name) != value
+        ]
+        args: list[str | int] = [step, before.version, self._ttl, len(changed)]
+        for name, value in changed:
             args += [name, value]
+        args += [name for name in before.fields if name not in after]
         answer = await self._advance(keys=[self._key(session.call_sid)], args=args)
         if answer[0] == 2:
-            self._remember(session, int(version) + 1)
+            self._remember(session, int(before.version) + 1, after)
             return None
         return self._claimed(session.call_sid, answer)
 
     async def _write(self, session: CallSession, *, create: bool) -> bool:
+        fields = _stored(session)
         args: list[str | int] = [self._ttl, 1 if create else 0]
-        for name, value in session.to_fields().items():
+        for name, value in fields.items():
             args += [name, value]
         version = await self._save(keys=[self._key(session.call_sid)], args=args)
         if version:
-            self._remember(session, version)
+            self._remember(session, version, fields)
         return bool(version)
 
     async def create(self, session: CallSession) -> bool:
@@ -307,6 +328,11 @@ class CallStore:
         """Forget a finished call (and any sealed secret with it)."""
         self._memory.pop(call_sid, None)
         await self._redis.delete(self._key(call_sid))
+
+
+def _stored(session: CallSession) -> dict[str, str]:
+    """The session's hash fields as Redis keeps them: text."""
+    return {name: str(value) for name, value in session.to_fields().items()}
 
 
 def _copy(session: CallSession) -> CallSession:

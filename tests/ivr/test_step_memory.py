@@ -87,9 +87,9 @@ async def test_a_remembered_copy_never_overwrites_what_another_worker_wrote(
 
     recalled = here.recall(SID, 0)
     assert recalled is not None
-    version, stale = recalled
+    stale = recalled.session
     stale.state, stale.step = State.account_entry, 1
-    answer = await here.advance(0, version, stale)
+    answer = await here.advance(0, recalled, stale)
 
     assert answer is not None, "the stale copy was stored"
     claimed, now = answer
@@ -104,15 +104,35 @@ async def test_a_stale_step_is_not_advanced_twice(redis: Redis) -> None:
     await store.create(CallSession(call_sid=SID, caller=MOBILE))
     recalled = store.recall(SID, 0)
     assert recalled is not None
-    version, call = recalled
+    call = recalled.session
     call.state, call.step = State.account_entry, 1
-    assert await store.advance(0, version, call) is None
+    assert await store.advance(0, recalled, call) is None
     # The same step again from the same old copy: a replay, nothing stored.
     call.state = State.goodbye
-    answer = await store.advance(0, version, call)
+    answer = await store.advance(0, recalled, call)
     assert answer is not None
     claimed, now = answer
     assert not claimed and now is not None and now.state is State.account_entry
+
+
+async def test_an_advance_leaves_the_hash_a_full_save_would(redis: Redis) -> None:
+    """Only the changed fields are sent: the ones back at their default are gone too."""
+    store = CallStore(redis, 600)
+    before = CallSession(
+        call_sid=SID, caller=MOBILE, tries=2, failures=2, notices=["voice.invalid_key"]
+    )
+    await store.create(before)
+    recalled = store.recall(SID, 0)
+    assert recalled is not None
+    call = recalled.session
+    call.state, call.step, call.tries, call.notices = State.account_entry, 1, 0, []
+    assert await store.advance(0, recalled, call) is None
+
+    stored = await redis.hgetall(f"call:{SID}")
+    assert stored == {"c": "0", "g": "2"} | {
+        name: str(value) for name, value in call.to_fields().items()
+    }
+    assert await store.load(SID) == call
 
 
 async def test_a_session_with_a_sealed_secret_is_not_remembered(redis: Redis) -> None:
