@@ -97,16 +97,16 @@ async def measure(
 ) -> tuple[StepCost, list[tuple[int, bytes] | str]]:
     """Send a batch and read the server's CPU around it (and the database server's)."""
     await settle(meter, outbox)
-    cpu_0 = meter.seconds()
-    db_0 = db_meter.seconds() if db_meter else 0.0
+    cpu_0 = meter.sample()
+    db_0 = db_meter.sample() if db_meter else None
     wall_0 = time.monotonic()
     answers = await send_all(pool, requests, concurrency)
     wall = time.monotonic() - wall_0
     await settle(meter, outbox)
     cost = StepCost(
         requests=len(requests),
-        cpu_s=meter.seconds() - cpu_0,
-        db_cpu_s=(db_meter.seconds() - db_0) if db_meter else 0.0,
+        cpu_s=meter.sample().since(cpu_0),
+        db_cpu_s=db_meter.sample().since(db_0) if db_meter and db_0 else 0.0,
         wall_s=wall,
     )
     return cost, answers

@@ -106,7 +106,7 @@ async def test_latency_counts_from_the_schedule_not_from_the_send() -> None:
 def write_stat(proc: Path, pid: int, ppid: int, ticks: tuple[int, int, int, int]) -> None:
     utime, stime, cutime, cstime = ticks
     fields = ["S", str(ppid), *["0"] * 9, str(utime), str(stime), str(cutime), str(cstime)]
-    (proc / str(pid)).mkdir(parents=True)
+    (proc / str(pid)).mkdir(parents=True, exist_ok=True)
     (proc / str(pid) / "stat").write_text(f"{pid} (python (x)) " + " ".join(fields) + " 0 0\n")
 
 
@@ -119,6 +119,29 @@ def test_cpu_counts_the_tree_and_reaped_children_only(tmp_path: Path) -> None:
     assert procs.cpu_ticks(procs.process_tree(10, tmp_path), tmp_path) == 126 + 33 + 7
     meter = procs.CpuMeter(10, tmp_path)
     assert meter.seconds() == pytest.approx(166 / procs.CLK_TCK)
+
+
+def write_threads(proc: Path, pid: int, nanoseconds: dict[int, int]) -> None:
+    for tid, ns in nanoseconds.items():
+        (proc / str(pid) / "task" / str(tid)).mkdir(parents=True, exist_ok=True)
+        (proc / str(pid) / "task" / str(tid) / "schedstat").write_text(f"{ns} 0 0\n")
+
+
+def test_cpu_between_samples_is_counted_in_nanoseconds_while_the_threads_stay(
+    tmp_path: Path,
+) -> None:
+    write_stat(tmp_path, 10, 1, (100, 20, 0, 0))
+    write_threads(tmp_path, 10, {10: 1_000_000_000, 13: 500_000_000})
+    meter = procs.CpuMeter(10, tmp_path)
+    before = meter.sample()
+    write_stat(tmp_path, 10, 1, (101, 20, 0, 0))
+    write_threads(tmp_path, 10, {10: 1_003_250_000, 13: 500_100_000})
+    # 3.35 ms by the scheduler, where the ticks say 10 ms.
+    assert meter.sample().since(before) == pytest.approx(0.00335)
+    # A thread gone: its count went with it, so the ticks decide.
+    (tmp_path / "10" / "task" / "13" / "schedstat").unlink()
+    (tmp_path / "10" / "task" / "13").rmdir()
+    assert meter.sample().since(before) == pytest.approx(1 / procs.CLK_TCK)
 
 
 def test_cpu_of_a_real_child_is_read_from_the_kernel() -> None:
@@ -139,5 +162,8 @@ def test_cpu_of_a_real_child_is_read_from_the_kernel() -> None:
             os.sched_yield()
             time.sleep(0.05)
         assert meter.seconds() >= 0.25
+        # The scheduler's count agrees with the ticks, to within a tick or two.
+        start = procs.CpuSample(0.0, meter.sample().tasks, 0)
+        assert meter.sample().since(start) == pytest.approx(meter.seconds(), abs=0.03)
     finally:
         child.communicate(b"\n", timeout=10)
