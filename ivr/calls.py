@@ -13,7 +13,14 @@ from ivr.flow import CallerInput, Unclaimed
 from ivr.menu import State
 from ivr.session import CallSession
 from ivr.verification_call import after_call_status
-from ivr.webhook import Webhook, call_sid_of, step_of, voice_router, voice_webhook
+from ivr.webhook import (
+    VoiceWebhook,
+    Webhook,
+    call_sid_of,
+    step_of,
+    voice_router,
+    voice_webhook,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +75,7 @@ async def menu_step(request: Request) -> Response:
 
 
 async def _decided_ahead(
-    hook: Webhook, call_sid: str, step: int, given: CallerInput
+    hook: VoiceWebhook, call_sid: str, step: int, given: CallerInput
 ) -> CallSession | tuple[bool, CallSession | None]:
     """The step decided from the session this process remembers and stored, claimed, in one
     round trip: the call one step on. Otherwise the step claimed as `CallStore.claim_step`
