@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from core.platform.db import create_engine
@@ -85,3 +86,17 @@ def test_db_upgrade_works_with_a_plain_sqlite_url(
     with sqlite3.connect(tmp_path / "gateway.db") as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     assert {"accounts", "outbox", "alembic_version"} <= tables
+
+
+async def test_sqlite_runs_in_wal_mode_with_every_commit_synced(tmp_path: Path) -> None:
+    """Readers never wait for a writer, and a commit is as durable as before (FULL)."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
+    try:
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("PRAGMA journal_mode")) == "wal"
+            assert await connection.scalar(text("PRAGMA synchronous")) == 2  # FULL
+    finally:
+        await engine.dispose()
+    # The mode is kept in the file: any other client opens it in WAL too.
+    with sqlite3.connect(tmp_path / "gateway.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
