@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from core.delivery.optouts import OptOuts
 from core.delivery.outbox import Delivery, record_status
@@ -73,6 +73,34 @@ async def test_a_stop_silences_everything_but_its_confirmation_and_recovery_noti
     assert [(to, purpose) for to, purpose, status in await outbox(env) if status == "queued"] == [
         (MOBILE, "notice")
     ]
+
+
+async def test_an_opt_out_is_read_once_and_again_after_its_own_change(env: Env) -> None:
+    """The password SMS's two questions (may it go, then queue it) are one query; a STOP or
+    START through the same object is read back, never a kept answer."""
+    queries: list[str] = []
+    async with transaction(env.sessionmaker) as session:
+        opt_outs = OptOuts(session)
+        event.listen(session.sync_session.get_bind(), "before_cursor_execute", queries_of(queries))
+        assert await opt_outs.is_opted_out(MOBILE) is False
+        assert await opt_outs.is_opted_out(MOBILE) is False
+        assert len(opted_out_reads(queries)) == 1
+        assert await opt_outs.opt_out(MOBILE) is True
+        assert await opt_outs.is_opted_out(MOBILE) is True
+        assert await opt_outs.opt_in(MOBILE) is True
+        assert await opt_outs.is_opted_out(MOBILE) is False
+        assert len(opted_out_reads(queries)) == 3  # the first, and one after each change
+
+
+def queries_of(queries: list[str]) -> Callable[..., None]:
+    def record(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        queries.append(statement)
+
+    return record
+
+
+def opted_out_reads(queries: list[str]) -> list[str]:
+    return [query for query in queries if query.startswith("SELECT sms_opt_outs")]
 
 
 async def status_after(env: Env, row_id: int, *reports: str) -> str:
